@@ -1,0 +1,183 @@
+// Package conf loads imapgw's TOML configuration strictly: unknown keys, bad
+// durations, addresses and CIDRs, and impossible combinations are errors that name
+// the file, the line and the key. Defaults live in Default and nowhere else.
+// It does not open sockets or read certificates; it only describes them.
+package conf
+
+import (
+	"net/netip"
+	"time"
+)
+
+// Config is the whole configuration file. Field comments give the default that
+// Default sets; a key missing from the file keeps it.
+type Config struct {
+	Server  Server   `toml:"server"`
+	Listen  []Listen `toml:"listen"`
+	TLS     TLS      `toml:"tls"`
+	ACME    ACME     `toml:"acme"`
+	Backend Backend  `toml:"backend"`
+	Limits  Limits   `toml:"limits"`
+	Bans    Bans     `toml:"bans"`
+	Admin   Admin    `toml:"admin"`
+	Log     Log      `toml:"log"`
+
+	// Path is the file the config was read from ("" when built in code).
+	Path string `toml:"-"`
+}
+
+// Server holds process-wide settings.
+type Server struct {
+	Hostname       string         `toml:"hostname"`        // default: the machine's hostname; greeting and no-SNI certificate
+	StateDir       string         `toml:"state_dir"`       // default "/var/lib/imapgw": ACME data and ban state
+	TrustedProxies []netip.Prefix `toml:"trusted_proxies"` // default none: PROXY headers believed only from these
+	DrainTimeout   Duration       `toml:"drain_timeout"`   // default 30s: relayed sessions get this long on shutdown
+}
+
+// Listen is one [[listen]] table.
+type Listen struct {
+	Address       string `toml:"address"`        // required, host:port
+	TLS           string `toml:"tls"`            // "implicit" (default) or "starttls"
+	ProxyProtocol bool   `toml:"proxy_protocol"` // default false: every connection starts with a PROXY header
+}
+
+// Listener TLS modes and certificate sources.
+const (
+	TLSImplicit = "implicit"
+	TLSStartTLS = "starttls"
+	TLSNone     = "none"
+
+	CertACME       = "acme"
+	CertFiles      = "files"
+	CertSelfSigned = "self-signed"
+)
+
+// TLS selects where certificates come from.
+type TLS struct {
+	Certificate string   `toml:"certificate"` // "acme" (default), "files" or "self-signed"
+	CertFile    string   `toml:"cert_file"`   // with "files": PEM chain
+	KeyFile     string   `toml:"key_file"`    // with "files": PEM key
+	Names       []string `toml:"names"`       // more SNI names; the hostname is always one
+	MinVersion  string   `toml:"min_version"` // "1.2" (default) or "1.3"
+}
+
+// ACME configures certificates from an ACME CA.
+type ACME struct {
+	CA                      string `toml:"ca"`                         // default Let's Encrypt production
+	CARoot                  string `toml:"ca_root"`                    // PEM file trusted for the CA's own HTTPS; "" = system roots
+	Email                   string `toml:"email"`                      // required with certificate = "acme"
+	HTTPChallengeAddress    string `toml:"http_challenge_address"`     // default ":80"; "" disables HTTP-01
+	TLSALPNChallengeAddress string `toml:"tls_alpn_challenge_address"` // default ""; e.g. ":443" enables TLS-ALPN-01
+}
+
+// Backend describes the IMAP servers behind the gateway.
+type Backend struct {
+	Servers        []string `toml:"servers"`         // default ["127.0.0.1:143"]; the first is used
+	TLS            string   `toml:"tls"`             // "none" (default), "implicit" or "starttls"
+	TLSServerName  string   `toml:"tls_server_name"` // default: the host part of the server address
+	TLSCAFile      string   `toml:"tls_ca_file"`     // default: system roots
+	TLSSkipVerify  bool     `toml:"tls_skip_verify"` // default false
+	ClientIP       string   `toml:"client_ip"`       // "id" (default), "proxy-v2", "proxy-v1" or "none"
+	ConnectTimeout Duration `toml:"connect_timeout"` // default 5s; also bounds greeting and login reply
+}
+
+// How the client's address is passed to the backend.
+const (
+	ClientIPID      = "id"
+	ClientIPProxyV2 = "proxy-v2"
+	ClientIPProxyV1 = "proxy-v1"
+	ClientIPNone    = "none"
+)
+
+// Limits bound what one client and the whole gateway may use.
+type Limits struct {
+	PreauthTimeout               Duration `toml:"preauth_timeout"`                  // default 30s per pre-auth read
+	IdleTimeout                  Duration `toml:"idle_timeout"`                     // default 31m after login
+	MaxLine                      int      `toml:"max_line"`                         // default 8192 bytes
+	MaxLiteral                   int      `toml:"max_literal"`                      // default 8192 bytes
+	MaxConnections               int      `toml:"max_connections"`                  // default 100000
+	MaxConnectionsPerSource      int      `toml:"max_connections_per_source"`       // default 50
+	ConnectionRate               float64  `toml:"connection_rate"`                  // default 20 per second per source
+	MaxAuthFailuresPerConnection int      `toml:"max_auth_failures_per_connection"` // default 3
+}
+
+// Bans is the failed-login policy.
+type Bans struct {
+	Enabled         bool           `toml:"enabled"`          // default true
+	Allow           []netip.Prefix `toml:"allow"`            // default loopback: never limited or banned
+	SourcePrefixV4  int            `toml:"source_prefix_v4"` // default 32
+	SourcePrefixV6  int            `toml:"source_prefix_v6"` // default 64
+	FailureDelay    Duration       `toml:"failure_delay"`    // default 2s (+ jitter)
+	SourceFailures  int            `toml:"source_failures"`  // default 10 in source_window
+	SourceWindow    Duration       `toml:"source_window"`    // default 1h
+	SprayAccounts   int            `toml:"spray_accounts"`   // default 4 accounts in source_window
+	Ban             Duration       `toml:"ban"`              // default 15m, ×4 per repeat
+	MaxBan          Duration       `toml:"max_ban"`          // default 168h
+	AccountFailures int            `toml:"account_failures"` // default 20 per hour
+	AccountProtect  Duration       `toml:"account_protect"`  // default 24h
+	MaxTracked      int            `toml:"max_tracked"`      // default 262144 entries per table
+}
+
+// Admin is the operator's HTTP endpoint.
+type Admin struct {
+	Address   string `toml:"address"`    // default "127.0.0.1:9993"; "" disables
+	TokenFile string `toml:"token_file"` // bearer token; required when address is not loopback
+}
+
+// Log configures log/slog.
+type Log struct {
+	Level  string `toml:"level"`  // "debug", "info" (default), "warn", "error"
+	Format string `toml:"format"` // "text" (default) or "json"
+}
+
+// Default returns the configuration every file starts from.
+func Default() *Config {
+	return &Config{
+		Server: Server{
+			Hostname:     defaultHostname(),
+			StateDir:     "/var/lib/imapgw",
+			DrainTimeout: D(30 * time.Second),
+		},
+		TLS: TLS{Certificate: CertACME, MinVersion: "1.2"},
+		ACME: ACME{
+			CA:                   "https://acme-v02.api.letsencrypt.org/directory",
+			HTTPChallengeAddress: ":80",
+		},
+		Backend: Backend{
+			Servers:        []string{"127.0.0.1:143"},
+			TLS:            TLSNone,
+			ClientIP:       ClientIPID,
+			ConnectTimeout: D(5 * time.Second),
+		},
+		Limits: Limits{
+			PreauthTimeout:               D(30 * time.Second),
+			IdleTimeout:                  D(31 * time.Minute),
+			MaxLine:                      8192,
+			MaxLiteral:                   8192,
+			MaxConnections:               100000,
+			MaxConnectionsPerSource:      50,
+			ConnectionRate:               20,
+			MaxAuthFailuresPerConnection: 3,
+		},
+		Bans: Bans{
+			Enabled:         true,
+			Allow:           []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")},
+			SourcePrefixV4:  32,
+			SourcePrefixV6:  64,
+			FailureDelay:    D(2 * time.Second),
+			SourceFailures:  10,
+			SourceWindow:    D(time.Hour),
+			SprayAccounts:   4,
+			Ban:             D(15 * time.Minute),
+			MaxBan:          D(168 * time.Hour),
+			AccountFailures: 20,
+			AccountProtect:  D(24 * time.Hour),
+			MaxTracked:      262144,
+		},
+		Admin: Admin{Address: "127.0.0.1:9993"},
+		Log:   Log{Level: "info", Format: "text"},
+	}
+}
+
+// defaultListen is applied to a [[listen]] table before its keys are read.
+func defaultListen() Listen { return Listen{TLS: TLSImplicit} }

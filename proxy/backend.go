@@ -1,0 +1,409 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/imapgw/imapgw/conf"
+	proxyproto "github.com/pires/go-proxyproto"
+)
+
+// backendSettings is what every login needs from [backend], prepared once per
+// configuration (the CA file is read at load, not at every login).
+type backendSettings struct {
+	addr     string
+	mode     string // conf.TLSNone, TLSImplicit, TLSStartTLS
+	tls      *tls.Config
+	clientIP string
+	timeout  time.Duration
+}
+
+func newBackendSettings(b conf.Backend) (*backendSettings, error) {
+	bs := &backendSettings{addr: b.Servers[0], mode: b.TLS, clientIP: b.ClientIP, timeout: b.ConnectTimeout.Duration}
+	if b.TLS == conf.TLSNone {
+		return bs, nil
+	}
+	host, _, _ := net.SplitHostPort(bs.addr)
+	bs.tls = &tls.Config{ServerName: host, InsecureSkipVerify: b.TLSSkipVerify, MinVersion: tls.VersionTLS12}
+	if b.TLSServerName != "" {
+		bs.tls.ServerName = b.TLSServerName
+	}
+	if b.TLSCAFile != "" {
+		pem, err := os.ReadFile(b.TLSCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("backend.tls_ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("backend.tls_ca_file %s: no PEM certificates", b.TLSCAFile)
+		}
+		bs.tls.RootCAs = pool
+	}
+	return bs, nil
+}
+
+// backendConn is a backend connection during login.
+type backendConn struct {
+	conn net.Conn
+	br   *bufio.Reader
+	caps []string
+}
+
+// Login outcomes, also the imapgw_logins_total label values.
+const (
+	outcomeOK          = "ok"
+	outcomeFailed      = "failed"   // wrong credentials: counted by the policy
+	outcomeRejected    = "rejected" // a NO with another code (EXPIRED, …): passed on, not counted
+	outcomeUnavailable = "error"    // backend down, slow, or confused
+	outcomeRefused     = "refused"  // the policy said no; the backend never saw it
+)
+
+type loginResult struct {
+	outcome  string
+	st       status   // the backend's tagged reply (OK, NO)
+	caps     string   // post-login capabilities
+	untagged []string // other untagged responses, forwarded before the OK
+	err      error    // why, for the log (outcomeUnavailable)
+	bc       *backendConn
+}
+
+// errBackend marks an answer from the backend that makes no sense here.
+var errBackend = errors.New("unexpected backend response")
+
+// backendLogin dials the backend, passes the client's address on and replays the
+// credentials. Every step is bounded by backend.connect_timeout.
+func (s *session) backendLogin(ctx context.Context, bs *backendSettings, c creds) loginResult {
+	bc, err := s.dialBackend(ctx, bs)
+	if err != nil {
+		return loginResult{outcome: outcomeUnavailable, err: err}
+	}
+	res := s.replayLogin(bs, bc, c)
+	if res.outcome != outcomeOK {
+		bc.conn.Close()
+		return res
+	}
+	res.bc = bc
+	return res
+}
+
+func (s *session) dialBackend(ctx context.Context, bs *backendSettings) (*backendConn, error) {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, bs.timeout)
+	defer cancel()
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", bs.addr)
+	if err != nil {
+		return nil, fmt.Errorf("dialing backend: %w", err)
+	}
+	s.srv.m.dial.Observe(time.Since(start).Seconds())
+	conn.SetDeadline(time.Now().Add(bs.timeout))
+	bc, err := s.openBackend(ctx, bs, conn)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return bc, nil
+}
+
+func (s *session) openBackend(ctx context.Context, bs *backendSettings, conn net.Conn) (*backendConn, error) {
+	if err := s.sendProxyHeader(bs, conn); err != nil {
+		return nil, err
+	}
+	if bs.mode == conf.TLSImplicit {
+		tc := tls.Client(conn, bs.tls)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			return nil, fmt.Errorf("backend TLS: %w", err)
+		}
+		conn = tc
+	}
+	bc := &backendConn{conn: conn, br: bufio.NewReaderSize(conn, 4096)}
+	if err := bc.greeting(); err != nil {
+		return nil, err
+	}
+	if bs.mode == conf.TLSStartTLS {
+		if err := bc.startTLS(ctx, bs.tls); err != nil {
+			return nil, err
+		}
+	}
+	if bc.caps == nil {
+		if err := bc.capability(); err != nil {
+			return nil, err
+		}
+	}
+	return bc, nil
+}
+
+func (s *session) sendProxyHeader(bs *backendSettings, conn net.Conn) error {
+	var v byte
+	switch bs.clientIP {
+	case conf.ClientIPProxyV1:
+		v = 1
+	case conf.ClientIPProxyV2:
+		v = 2
+	default:
+		return nil
+	}
+	h := proxyproto.HeaderProxyFromAddrs(v, net.TCPAddrFromAddrPort(s.client), s.localAddr())
+	if _, err := h.WriteTo(conn); err != nil {
+		return fmt.Errorf("writing PROXY header: %w", err)
+	}
+	return nil
+}
+
+func (s *session) localAddr() *net.TCPAddr {
+	ap := addrPort(s.raw.LocalAddr())
+	if s.client.Addr().Is4() != ap.Addr().Is4() {
+		// PROXY headers need one family; an IPv6 listener may serve IPv4 clients.
+		ap = netip.AddrPortFrom(netip.IPv6Unspecified(), ap.Port())
+		if s.client.Addr().Is4() {
+			ap = netip.AddrPortFrom(netip.IPv4Unspecified(), ap.Port())
+		}
+	}
+	return net.TCPAddrFromAddrPort(ap)
+}
+
+func (bc *backendConn) greeting() error {
+	line, err := readResponse(bc.br)
+	if err != nil {
+		return fmt.Errorf("reading backend greeting: %w", err)
+	}
+	st := parseStatus(line)
+	if st.tag != "*" || st.kind != "OK" {
+		return fmt.Errorf("%w: greeting %q", errBackend, sanitize(line, 120))
+	}
+	if st.code == "CAPABILITY" {
+		bc.caps = strings.Fields(st.args)
+	}
+	return nil
+}
+
+// command sends a command with no literals and waits for its tagged reply,
+// keeping the capabilities of any untagged CAPABILITY.
+func (bc *backendConn) command(tag, cmd string) (status, error) {
+	if _, err := fmt.Fprintf(bc.conn, "%s %s\r\n", tag, cmd); err != nil {
+		return status{}, fmt.Errorf("backend %s: %w", cmd, err)
+	}
+	for {
+		line, err := readResponse(bc.br)
+		if err != nil {
+			return status{}, fmt.Errorf("backend %s: %w", cmd, err)
+		}
+		st := parseStatus(line)
+		switch {
+		case st.tag == tag:
+			if st.kind != "OK" {
+				return st, fmt.Errorf("%w: %s: %s", errBackend, cmd, sanitize(st.String(), 120))
+			}
+			return st, nil
+		case st.tag == "*" && st.kind == "CAPABILITY":
+			bc.caps = strings.Fields(line)[2:]
+		case st.tag == "*" && st.kind == "BYE":
+			return st, fmt.Errorf("%w: BYE %s", errBackend, sanitize(st.text, 120))
+		}
+	}
+}
+
+func (bc *backendConn) capability() error {
+	_, err := bc.command("gwc", "CAPABILITY")
+	if err == nil && bc.caps == nil {
+		err = fmt.Errorf("%w: no capabilities", errBackend)
+	}
+	return err
+}
+
+func (bc *backendConn) startTLS(ctx context.Context, cfg *tls.Config) error {
+	if _, err := bc.command("gws", "STARTTLS"); err != nil {
+		return err
+	}
+	if bc.br.Buffered() > 0 {
+		return fmt.Errorf("%w: data after STARTTLS", errBackend)
+	}
+	tc := tls.Client(bc.conn, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return fmt.Errorf("backend TLS: %w", err)
+	}
+	bc.conn, bc.br, bc.caps = tc, bufio.NewReaderSize(tc, 4096), nil
+	return nil
+}
+
+func (bc *backendConn) has(capability string) bool {
+	for _, c := range bc.caps {
+		if strings.EqualFold(c, capability) {
+			return true
+		}
+	}
+	return false
+}
+
+// replayLogin sends ID (when configured) and the login in one write, then reads
+// the replies, answering continuation requests with the next chunk.
+func (s *session) replayLogin(bs *backendSettings, bc *backendConn, c creds) loginResult {
+	chunks, err := bc.loginChunks(c)
+	if err != nil {
+		return loginResult{outcome: outcomeUnavailable, err: err}
+	}
+	if bs.clientIP == conf.ClientIPID {
+		if bc.has("ID") {
+			chunks[0] = s.idCommand() + chunks[0]
+		} else {
+			s.log.Warn("backend does not advertise ID: the client's address is not passed on (set backend.client_ip)")
+		}
+	}
+	bc.conn.SetDeadline(time.Now().Add(bs.timeout))
+	if _, err := bc.conn.Write([]byte(chunks[0])); err != nil {
+		return loginResult{outcome: outcomeUnavailable, err: fmt.Errorf("writing login: %w", err)}
+	}
+	return bc.loginReply(chunks[1:])
+}
+
+// idCommand passes the client's address in RFC 2971 ID fields, which Dovecot
+// believes from login_trusted_networks.
+func (s *session) idCommand() string {
+	local := addrPort(s.raw.LocalAddr())
+	return fmt.Sprintf("gwi ID (\"x-originating-ip\" %s \"x-originating-port\" \"%d\" \"x-connected-ip\" %s \"x-connected-port\" \"%d\" \"x-session-id\" %s)\r\n",
+		quoteIMAP(s.client.Addr().String()), s.client.Port(), quoteIMAP(local.Addr().String()), local.Port(), quoteIMAP(s.id))
+}
+
+// loginChunks encodes the login. Each chunk after the first is sent only after
+// a continuation request. AUTHENTICATE PLAIN with SASL-IR is preferred: one
+// round trip and any bytes; otherwise LOGIN with quoted strings or literals.
+func (bc *backendConn) loginChunks(c creds) ([]string, error) {
+	plain := base64.StdEncoding.EncodeToString([]byte(c.authzid + "\x00" + c.user + "\x00" + string(c.password)))
+	switch {
+	case bc.has("AUTH=PLAIN") && bc.has("SASL-IR"):
+		return []string{"gwl AUTHENTICATE PLAIN " + plain + "\r\n"}, nil
+	case bc.has("AUTH=PLAIN") && (c.authzid != "" || bc.has("LOGINDISABLED")):
+		return []string{"gwl AUTHENTICATE PLAIN\r\n", plain + "\r\n"}, nil
+	case c.authzid != "":
+		return nil, fmt.Errorf("%w: backend lacks AUTH=PLAIN, needed for an authorization identity", errBackend)
+	case bc.has("LOGINDISABLED"):
+		return nil, fmt.Errorf("%w: backend advertises LOGINDISABLED (set backend.tls)", errBackend)
+	}
+	chunks := []string{"gwl LOGIN "}
+	literalPlus := bc.has("LITERAL+")
+	for i, arg := range [][]byte{[]byte(c.user), c.password} {
+		sep := " "
+		if i == 1 {
+			sep = "\r\n"
+		}
+		last := len(chunks) - 1
+		switch {
+		case isQuotable(arg):
+			chunks[last] += quoteIMAP(string(arg)) + sep
+		case literalPlus:
+			chunks[last] += "{" + strconv.Itoa(len(arg)) + "+}\r\n" + string(arg) + sep
+		default:
+			chunks[last] += "{" + strconv.Itoa(len(arg)) + "}\r\n"
+			chunks = append(chunks, string(arg)+sep)
+		}
+	}
+	return chunks, nil
+}
+
+// isQuotable: 7-bit, no CR, LF or NUL (RFC 9051 quoted); 8-bit goes as a literal
+// since IMAP4rev1 servers only accept UTF-8 in quoted strings after ENABLE.
+func isQuotable(b []byte) bool {
+	for _, c := range b {
+		if c == 0 || c == '\r' || c == '\n' || c >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+// loginReply reads the backend's answer to the login and classifies it.
+func (bc *backendConn) loginReply(rest []string) loginResult {
+	var res loginResult
+	for {
+		line, err := readResponse(bc.br)
+		if err != nil {
+			res.outcome, res.err = outcomeUnavailable, fmt.Errorf("reading login reply: %w", err)
+			return res
+		}
+		st := parseStatus(line)
+		switch {
+		case st.tag == "+":
+			if len(rest) == 0 {
+				bc.conn.Write([]byte("*\r\n")) // cancel: nothing more to send
+				continue
+			}
+			if _, err := bc.conn.Write([]byte(rest[0])); err != nil {
+				res.outcome, res.err = outcomeUnavailable, err
+				return res
+			}
+			rest = rest[1:]
+		case st.tag == "*":
+			bc.untagged(&res, st, line)
+			if st.kind == "BYE" {
+				res.outcome, res.err = outcomeUnavailable, fmt.Errorf("%w: BYE %s", errBackend, sanitize(st.text, 120))
+				return res
+			}
+		case st.tag == "gwi":
+			// ID refused: the login goes on without the client's address.
+		case st.tag == "gwl":
+			res.st = st
+			res.outcome = classify(st)
+			if res.outcome == outcomeUnavailable {
+				res.err = fmt.Errorf("%w: %s", errBackend, sanitize(st.String(), 120))
+			}
+			if st.code == "CAPABILITY" {
+				res.caps = st.args
+			}
+			return res
+		}
+	}
+}
+
+func (bc *backendConn) untagged(res *loginResult, st status, line string) {
+	switch st.kind {
+	case "CAPABILITY":
+		res.caps = strings.TrimSpace(line[len("* CAPABILITY"):])
+	case "ID", "BYE":
+	default:
+		res.untagged = append(res.untagged, line)
+	}
+}
+
+// classify maps the backend's tagged reply to a login outcome. Only
+// AUTHENTICATIONFAILED or a code-less NO says the credentials were wrong
+// (RFC 5530); other codes are the backend's to explain and not the client's fault.
+func classify(st status) string {
+	switch st.kind {
+	case "OK":
+		return outcomeOK
+	case "NO":
+		if st.code == "" || st.code == "AUTHENTICATIONFAILED" {
+			return outcomeFailed
+		}
+		if st.code == "UNAVAILABLE" || st.code == "SERVERBUG" {
+			return outcomeUnavailable
+		}
+		return outcomeRejected
+	default:
+		return outcomeUnavailable
+	}
+}
+
+// postLoginCaps returns the capabilities to put in the client's OK: from the
+// backend's reply, or by asking.
+func (bc *backendConn) postLoginCaps(res *loginResult) string {
+	if res.caps != "" {
+		return res.caps
+	}
+	bc.caps = nil
+	if err := bc.capability(); err != nil {
+		return ""
+	}
+	return strings.Join(bc.caps, " ")
+}

@@ -1,0 +1,153 @@
+package proxy
+
+import (
+	"bufio"
+	"errors"
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"github.com/imapgw/imapgw/conf"
+	"github.com/imapgw/imapgw/limiter"
+	proxyproto "github.com/pires/go-proxyproto"
+)
+
+type listener struct {
+	ln  net.Listener
+	srv *Server
+	cfg atomic.Pointer[conf.Listen]
+}
+
+func (l *listener) serve() {
+	defer l.srv.wg.Done()
+	var backoff time.Duration
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// EMFILE and friends: wait a little instead of spinning.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			l.srv.log.Warn("accept failed", "address", l.ln.Addr().String(), "err", err, "retry_in", backoff)
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+		if l.cfg.Load().ProxyProtocol {
+			// The header is read off the accept loop: a slow balancer must not
+			// stall the others.
+			go l.acceptProxied(c)
+			continue
+		}
+		l.admit(c, c, addrPort(c.RemoteAddr()))
+	}
+}
+
+// admit applies the connection limits before any TLS work and starts the session.
+func (l *listener) admit(raw, c net.Conn, client netip.AddrPort) {
+	lc := l.cfg.Load()
+	release, err := l.srv.policy.Admit(client.Addr())
+	if err != nil {
+		raw.Close()
+		l.srv.m.connections.WithLabelValues(lc.Address, refusalOutcome(err)).Inc()
+		l.srv.log.Debug("connection refused", "client", client.String(), "listener", lc.Address, "reason", err.Error())
+		return
+	}
+	l.srv.m.connections.WithLabelValues(lc.Address, "accepted").Inc()
+	ss := newSession(l.srv, lc, raw, c, client, release)
+	if !l.srv.track(ss) {
+		raw.Close()
+		release()
+		return
+	}
+	go ss.run()
+}
+
+func refusalOutcome(err error) string {
+	switch {
+	case errors.Is(err, limiter.ErrBanned):
+		return "refused_ban"
+	case errors.Is(err, limiter.ErrRate):
+		return "refused_rate"
+	default:
+		return "refused_limit"
+	}
+}
+
+// acceptProxied reads an inbound PROXY v1/v2 header, believed only from
+// server.trusted_proxies; anything else is closed.
+func (l *listener) acceptProxied(c net.Conn) {
+	peer := addrPort(c.RemoteAddr())
+	cfg := l.srv.Config()
+	if !containsAddr(cfg.Server.TrustedProxies, peer.Addr()) {
+		l.srv.log.Warn("PROXY header from an untrusted peer: closed", "peer", peer.String())
+		c.Close()
+		return
+	}
+	c.SetReadDeadline(time.Now().Add(cfg.Limits.PreauthTimeout.Duration))
+	br := bufio.NewReaderSize(c, 4096+256)
+	h, err := proxyproto.Read(br)
+	if err != nil {
+		l.srv.log.Warn("bad or missing PROXY header: closed", "peer", peer.String(), "err", err)
+		c.Close()
+		return
+	}
+	c.SetReadDeadline(time.Time{})
+	client := peer
+	if src, ok := h.SourceAddr.(*net.TCPAddr); ok && h.Command.IsProxy() {
+		client = src.AddrPort()
+	}
+	l.admit(c, withPrefix(c, br), unmap(client))
+}
+
+func containsAddr(ps []netip.Prefix, a netip.Addr) bool {
+	a = a.Unmap()
+	for _, p := range ps {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	if t, ok := a.(*net.TCPAddr); ok {
+		return unmap(t.AddrPort())
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return unmap(ap)
+}
+
+func unmap(ap netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+// prefixConn returns bytes a bufio.Reader read ahead of the PROXY header before
+// reading from the socket again.
+type prefixConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func withPrefix(c net.Conn, br *bufio.Reader) net.Conn {
+	n := br.Buffered()
+	if n == 0 {
+		return c
+	}
+	b, _ := br.Peek(n)
+	return &prefixConn{Conn: c, prefix: append([]byte(nil), b...)}
+}
+
+func (p *prefixConn) Read(b []byte) (int, error) {
+	if len(p.prefix) > 0 {
+		n := copy(b, p.prefix)
+		p.prefix = p.prefix[n:]
+		return n, nil
+	}
+	return p.Conn.Read(b)
+}
+
+// pending reports bytes held above the socket, for the relay's readiness wait.
+func (p *prefixConn) pending() int { return len(p.prefix) }

@@ -1,0 +1,138 @@
+package proxy
+
+import (
+	"bytes"
+	"strings"
+	"time"
+)
+
+// tryLogin asks the policy, logs in to the backend and answers the client. It
+// writes exactly one structured log line per decision (the line fail2ban-style
+// tooling greps), never with the password.
+func (s *session) tryLogin(tag string, c creds) (relaying, done bool) {
+	start := time.Now()
+	s.setUser(c.user)
+	if strings.ContainsAny(c.user, "\x00\r\n") || bytes.IndexByte(c.password, 0) >= 0 {
+		s.writef("%s BAD NUL, CR and LF are not allowed in credentials\r\n", tag)
+		return false, false
+	}
+	src := s.client.Addr()
+	if err := s.srv.policy.Try(src, c.user); err != nil {
+		s.logAuth(c, "", outcomeRefused, err.Error(), start)
+		s.writef("%s NO [UNAVAILABLE] Too many failed logins; try again later\r\n", tag)
+		return false, false
+	}
+	bs := s.srv.backend.Load()
+	s.setBackend(bs.addr)
+	res := s.backendLogin(s.srv.ctx, bs, c)
+	switch res.outcome {
+	case outcomeOK:
+		return s.loggedIn(tag, c, bs, res, start)
+	case outcomeFailed:
+		return false, s.loginFailed(tag, c, bs, res, start)
+	case outcomeRejected:
+		s.logAuth(c, bs.addr, res.outcome, res.st.String(), start)
+		s.writef("%s NO [%s] %s\r\n", tag, sanitize(res.st.code, 40), sanitize(res.st.text, 200))
+	default:
+		reason := "backend error"
+		if res.err != nil {
+			reason = res.err.Error()
+		}
+		s.logAuth(c, bs.addr, outcomeUnavailable, reason, start)
+		s.writef("%s NO [UNAVAILABLE] Mail server unavailable; try again later\r\n", tag)
+	}
+	return false, false
+}
+
+func (s *session) loggedIn(tag string, c creds, bs *backendSettings, res loginResult, start time.Time) (bool, bool) {
+	s.srv.policy.Succeeded(s.client.Addr(), c.user)
+	caps := res.bc.postLoginCaps(&res)
+	var out strings.Builder
+	for _, u := range res.untagged {
+		out.WriteString(u + "\r\n")
+	}
+	if caps != "" {
+		out.WriteString(tag + " OK [CAPABILITY " + caps + "] Logged in\r\n")
+	} else {
+		out.WriteString(tag + " OK Logged in\r\n")
+	}
+	s.logAuth(c, bs.addr, outcomeOK, "", start)
+	if err := s.write(out.String()); err != nil {
+		res.bc.conn.Close()
+		return false, true
+	}
+	s.startRelay(res.bc)
+	return true, true
+}
+
+// loginFailed answers a failed login after the policy's delay. It reports
+// whether the session is over (too many failures, or the source is now banned).
+func (s *session) loginFailed(tag string, c creds, bs *backendSettings, res loginResult, start time.Time) bool {
+	v := s.srv.policy.Failed(s.client.Addr(), c.user, c.password)
+	reason := res.st.String()
+	if v.Banned {
+		reason += "; source banned: " + v.Reason
+	}
+	s.logAuth(c, bs.addr, outcomeFailed, reason, start)
+	if !s.sleep(v.Delay) {
+		s.bye("Server shutting down")
+		return true
+	}
+	s.writef("%s NO [AUTHENTICATIONFAILED] Authentication failed\r\n", tag)
+	s.failures++
+	if v.Banned || s.failures >= s.cfg.Limits.MaxAuthFailuresPerConnection {
+		s.bye("Too many failed logins")
+		return true
+	}
+	return false
+}
+
+// sleep waits d unless the server shuts down first.
+func (s *session) sleep(d time.Duration) bool {
+	if d <= 0 {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-s.srv.ctx.Done():
+		return false
+	}
+}
+
+// logAuth writes the one line per auth decision.
+func (s *session) logAuth(c creds, backend, outcome, reason string, start time.Time) {
+	s.srv.m.logins.WithLabelValues(loginMetric(outcome)).Inc()
+	s.srv.m.loginSeconds.Observe(time.Since(start).Seconds())
+	args := []any{"ip", s.client.Addr().String(), "user", sanitize(c.user, 256), "mech", c.mech, "outcome", outcome}
+	if backend != "" {
+		args = append(args, "backend", backend)
+	}
+	if reason != "" {
+		args = append(args, "reason", sanitize(reason, 256))
+	}
+	args = append(args, "duration", time.Since(start).Round(time.Microsecond))
+	s.log.Info("auth", args...)
+}
+
+// loginMetric folds outcomes into imapgw_logins_total's label values.
+func loginMetric(outcome string) string {
+	if outcome == outcomeRejected {
+		return outcomeFailed
+	}
+	return outcome
+}
+
+func (s *session) setUser(u string) {
+	s.mu.Lock()
+	s.user = u
+	s.mu.Unlock()
+}
+
+func (s *session) setBackend(b string) {
+	s.mu.Lock()
+	s.backend = b
+	s.mu.Unlock()
+}

@@ -1,0 +1,219 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// relayBuffer is the size of the pooled relay buffers. An idle session holds
+// none: a buffer is taken only once its socket is readable (see waitReadable).
+const relayBuffer = 32 << 10
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, relayBuffer); return &b }}
+
+// relay is one direction of a logged-in session.
+type relay struct {
+	s       *session
+	src     net.Conn
+	dst     net.Conn
+	raw     syscall.RawConn // src's socket, for waiting without a buffer; nil: plain blocking reads
+	pending func() int      // bytes src holds above its socket
+	tls     bool            // src is a *tls.Conn: drain its records before waiting
+	count   *atomic.Int64
+	metric  prometheus.Counter
+}
+
+// startRelay forwards what either side sent ahead, then starts the two copy
+// goroutines. They are fresh goroutines with small stacks: the session's own
+// goroutine, whose stack grew during the TLS handshake, ends here.
+func (s *session) startRelay(bc *backendConn) {
+	ahead := s.rd.BufferedBytes()
+	backAhead, _ := bc.br.Peek(bc.br.Buffered())
+	s.rd = nil
+	idle := s.cfg.Limits.IdleTimeout.Duration
+	if len(ahead) > 0 {
+		bc.conn.SetWriteDeadline(time.Now().Add(idle))
+		if _, err := bc.conn.Write(ahead); err != nil {
+			bc.conn.Close()
+			s.raw.Close()
+		}
+		s.bytesIn.Add(int64(len(ahead)))
+		s.srv.m.toBackend.Add(float64(len(ahead)))
+	}
+	if len(backAhead) > 0 {
+		s.conn.SetWriteDeadline(time.Now().Add(idle))
+		if _, err := s.conn.Write(backAhead); err != nil {
+			bc.conn.Close()
+			s.raw.Close()
+		}
+		s.bytesOut.Add(int64(len(backAhead)))
+		s.srv.m.toClient.Add(float64(len(backAhead)))
+	}
+	bc.conn.SetDeadline(time.Time{})
+	s.conn.SetDeadline(time.Time{})
+	s.mu.Lock()
+	s.state, s.peer = stateRelaying, bc.conn
+	s.mu.Unlock()
+	s.srv.m.sessions.WithLabelValues(statePreauth).Dec()
+	s.srv.m.sessions.WithLabelValues(stateRelaying).Inc()
+
+	var left atomic.Int32
+	left.Store(2)
+	up := s.newRelay(s.conn, bc.conn, &s.bytesIn, s.srv.m.toBackend)
+	down := s.newRelay(bc.conn, s.conn, &s.bytesOut, s.srv.m.toClient)
+	finish := func() {
+		if left.Add(-1) == 0 {
+			s.relayEnded(bc.conn)
+		}
+	}
+	go func() { defer finish(); up.clientToBackend() }()
+	go func() { defer finish(); down.backendToClient() }()
+}
+
+func (s *session) newRelay(src, dst net.Conn, count *atomic.Int64, metric prometheus.Counter) *relay {
+	r := &relay{s: s, src: src, dst: dst, count: count, metric: metric, pending: func() int { return 0 }}
+	r.raw, r.pending = rawConn(src)
+	_, r.tls = src.(*tls.Conn)
+	return r
+}
+
+func (s *session) relayEnded(backend net.Conn) {
+	backend.Close()
+	s.conn.Close()
+	s.srv.m.sessions.WithLabelValues(stateRelaying).Dec()
+	s.log.Info("session ended", "user", sanitize(s.user, 256), "bytes_in", s.bytesIn.Load(), "bytes_out", s.bytesOut.Load(),
+		"duration", time.Since(s.since).Round(time.Millisecond))
+	s.end()
+}
+
+// clientToBackend and backendToClient are named so they show in stack dumps.
+func (r *relay) clientToBackend() { r.copy() }
+func (r *relay) backendToClient() { r.copy() }
+
+// copy moves bytes until src ends. On a clean end it half-closes dst so the
+// other side sees EOF; on an error it closes both, ending the other direction.
+func (r *relay) copy() {
+	defer r.s.srv.recoverPanic(r.s.id)
+	idle := r.s.cfg.Limits.IdleTimeout.Duration
+	for {
+		n, err := r.once(idle)
+		if n > 0 {
+			r.count.Add(int64(n))
+			r.metric.Add(float64(n))
+		}
+		if err == nil {
+			continue
+		}
+		if errors.Is(err, io.EOF) {
+			closeWrite(r.dst)
+			return
+		}
+		r.src.Close()
+		r.dst.Close()
+		return
+	}
+}
+
+// once waits until src has data, then reads and writes one buffer's worth.
+func (r *relay) once(idle time.Duration) (int, error) {
+	if r.tls {
+		if n, err := r.drainTLS(); n > 0 || err != nil {
+			return n, err
+		}
+	}
+	r.src.SetReadDeadline(time.Now().Add(idle))
+	if err := r.waitReadable(); err != nil {
+		return 0, err
+	}
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	n, rerr := r.src.Read(*bp)
+	return r.forward((*bp)[:n], idle, rerr)
+}
+
+func (r *relay) forward(b []byte, idle time.Duration, rerr error) (int, error) {
+	if len(b) > 0 {
+		r.dst.SetWriteDeadline(time.Now().Add(idle))
+		if _, err := r.dst.Write(b); err != nil {
+			return len(b), err
+		}
+	}
+	return len(b), rerr
+}
+
+// drainTLS forwards what the TLS layer already holds: records read from the
+// socket together with earlier ones, which the poller will not announce again.
+// A Read under a deadline in the past returns them without touching the
+// socket, or a timeout that crypto/tls does not make sticky.
+func (r *relay) drainTLS() (int, error) {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	r.src.SetReadDeadline(pastDeadline)
+	n, err := r.src.Read(*bp)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		err = nil
+	}
+	return r.forward((*bp)[:n], r.s.cfg.Limits.IdleTimeout.Duration, err)
+}
+
+// pastDeadline makes a Read return at once.
+var pastDeadline = time.Unix(1, 0)
+
+// waitReadable blocks, holding no buffer, until a Read on src will not block.
+func (r *relay) waitReadable() error {
+	if r.raw == nil || r.pending() > 0 {
+		return nil
+	}
+	var perr error
+	err := r.raw.Read(func(fd uintptr) bool {
+		ready, err := peekReady(fd)
+		perr = err
+		return ready
+	})
+	if err != nil {
+		return err
+	}
+	return perr
+}
+
+func closeWrite(c net.Conn) {
+	type closeWriter interface{ CloseWrite() error }
+	if tc, ok := c.(*tls.Conn); ok {
+		tc.CloseWrite() // close_notify
+		c = tc.NetConn()
+	}
+	if cw, ok := c.(closeWriter); ok {
+		cw.CloseWrite()
+	}
+}
+
+// rawConn finds the socket under c, and what is buffered above it.
+func rawConn(c net.Conn) (syscall.RawConn, func() int) {
+	none := func() int { return 0 }
+	for {
+		switch t := c.(type) {
+		case *tls.Conn:
+			c = t.NetConn()
+		case *prefixConn:
+			rc, _ := rawConn(t.Conn)
+			return rc, t.pending
+		case syscall.Conn:
+			rc, err := t.SyscallConn()
+			if err != nil || !canPeek {
+				return nil, none
+			}
+			return rc, none
+		default:
+			return nil, none
+		}
+	}
+}

@@ -1,0 +1,324 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/base32"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/imapgw/imapgw/conf"
+	"github.com/imapgw/imapgw/proxy/imapwire"
+)
+
+// SessionInfo describes one session for the admin endpoint.
+type SessionInfo struct {
+	ID       string    `json:"id"`
+	Client   string    `json:"client"`
+	Listener string    `json:"listener"`
+	User     string    `json:"user,omitempty"`
+	Backend  string    `json:"backend,omitempty"`
+	State    string    `json:"state"` // "preauth" or "relaying"
+	Since    time.Time `json:"since"`
+	BytesIn  int64     `json:"bytes_in"`  // client to backend, after login
+	BytesOut int64     `json:"bytes_out"` // backend to client, after login
+}
+
+// Session states, also the imapgw_sessions label.
+const (
+	statePreauth  = "preauth"
+	stateRelaying = "relaying"
+)
+
+// preauthBuffer is the size of the pre-auth read buffer; lines longer than it
+// are still read (up to limits.max_line), in pieces.
+const preauthBuffer = 2048
+
+type session struct {
+	srv     *Server
+	cfg     *conf.Config // the config when the session began: a reload never changes a session midway
+	lc      *conf.Listen
+	id      string
+	raw     net.Conn // the accepted socket
+	conn    net.Conn // what the session reads and writes: raw, a prefixConn or a *tls.Conn
+	client  netip.AddrPort
+	since   time.Time
+	release func()
+	log     *slog.Logger
+
+	rd       *imapwire.Reader
+	tls      bool
+	first    bool // no command read yet: a non-IMAP line gets BYE
+	failures int
+
+	mu       sync.Mutex
+	user     string
+	backend  string
+	state    string
+	closed   bool
+	bytesIn  atomic.Int64
+	bytesOut atomic.Int64
+	peer     net.Conn // the backend, once relaying
+}
+
+func newSession(srv *Server, lc *conf.Listen, raw, c net.Conn, client netip.AddrPort, release func()) *session {
+	id := newID()
+	return &session{
+		srv: srv, cfg: srv.Config(), lc: lc, id: id, raw: raw, conn: c, client: client,
+		since: time.Now(), release: release, state: statePreauth, first: true,
+		log: srv.log.With("session", id, "client", client.String()),
+	}
+}
+
+func newID() string {
+	var b [10]byte
+	rand.Read(b[:])
+	return strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
+}
+
+func (s *session) info() SessionInfo {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return SessionInfo{
+		ID: s.id, Client: s.client.String(), Listener: s.lc.Address, User: s.user,
+		Backend: s.backend, State: s.state, Since: s.since,
+		BytesIn: s.bytesIn.Load(), BytesOut: s.bytesOut.Load(),
+	}
+}
+
+// run is the session's pre-auth life. On a successful login it hands the
+// connection to two fresh relay goroutines and returns, so the stack grown
+// during the handshake and login is freed.
+func (s *session) run() {
+	defer s.srv.recoverPanic(s.id)
+	s.srv.m.sessions.WithLabelValues(statePreauth).Inc()
+	relaying := false
+	defer func() {
+		if !relaying {
+			s.srv.m.sessions.WithLabelValues(statePreauth).Dec()
+			s.end()
+		}
+	}()
+	stop := context.AfterFunc(s.srv.ctx, s.interrupt)
+	defer stop()
+	if s.lc.TLS == conf.TLSImplicit {
+		if err := s.handshake(); err != nil {
+			return
+		}
+	}
+	s.setReader()
+	if err := s.greet(); err != nil {
+		return
+	}
+	relaying = s.loop()
+}
+
+// end closes the client connection and gives back the admission slot.
+func (s *session) end() {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	s.raw.Close()
+	s.release()
+	s.srv.untrack(s)
+}
+
+// interrupt wakes a pre-auth read at shutdown; loop then says BYE.
+func (s *session) interrupt() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.state == statePreauth && !s.closed {
+		s.raw.SetReadDeadline(time.Now())
+	}
+}
+
+// closeNow ends a session at the end of the drain.
+func (s *session) closeNow() {
+	s.mu.Lock()
+	peer := s.peer
+	s.mu.Unlock()
+	s.raw.Close()
+	if peer != nil {
+		peer.Close()
+	}
+}
+
+func (s *session) handshake() error {
+	tc := tls.Server(s.conn, s.srv.tlsConf)
+	ctx, cancel := context.WithTimeout(s.srv.ctx, s.cfg.Limits.PreauthTimeout.Duration)
+	defer cancel()
+	if err := tc.HandshakeContext(ctx); err != nil {
+		s.log.Debug("TLS handshake failed", "err", err)
+		return err
+	}
+	s.conn, s.tls = tc, true
+	return nil
+}
+
+func (s *session) setReader() {
+	br := bufio.NewReaderSize(readerFunc(s.read), preauthBuffer)
+	s.rd = imapwire.NewReader(br, s.cfg.Limits.MaxLine, s.cfg.Limits.MaxLiteral)
+	s.rd.Continue = func(int64) error { return s.write("+ Ready for literal data\r\n") }
+}
+
+// read is every pre-auth read: each one has its own deadline (preauth_timeout),
+// so a client trickling bytes cannot hold a session for long.
+func (s *session) read(b []byte) (int, error) {
+	s.conn.SetReadDeadline(time.Now().Add(s.cfg.Limits.PreauthTimeout.Duration))
+	return s.conn.Read(b)
+}
+
+type readerFunc func([]byte) (int, error)
+
+func (f readerFunc) Read(b []byte) (int, error) { return f(b) }
+
+func (s *session) write(str string) error {
+	s.conn.SetWriteDeadline(time.Now().Add(s.cfg.Limits.PreauthTimeout.Duration))
+	_, err := io.WriteString(s.conn, str)
+	return err
+}
+
+func (s *session) writef(format string, args ...any) error {
+	return s.write(fmt.Sprintf(format, args...))
+}
+
+func (s *session) greet() error {
+	return s.writef("* OK [CAPABILITY %s] %s ready\r\n", s.capabilities(), s.cfg.Server.Hostname)
+}
+
+// capabilities are what the gateway itself offers before login. The backend's
+// own list is given to the client in the tagged OK of its login.
+func (s *session) capabilities() string {
+	caps := "IMAP4rev1 SASL-IR LITERAL+ ID"
+	if !s.tls {
+		return caps + " STARTTLS LOGINDISABLED"
+	}
+	return caps + " AUTH=PLAIN AUTH=LOGIN"
+}
+
+// loop reads and answers commands until the client logs in (true: the relay
+// owns the connections now), leaves, errs or is told to.
+func (s *session) loop() bool {
+	for {
+		cmd, err := s.rd.ReadCommand()
+		if err != nil {
+			if s.readFailed(err) {
+				return false
+			}
+			continue
+		}
+		first := s.first
+		s.first = false
+		if first && !isIMAPCommand(cmd.Name) {
+			s.bye("This is an IMAP server")
+			s.log.Info("not IMAP: closed", "command", sanitize(cmd.Name, 32))
+			return false
+		}
+		next, done := s.dispatch(cmd)
+		if done {
+			return next
+		}
+	}
+}
+
+// readFailed answers a command that could not be read. It reports whether the
+// session is over.
+func (s *session) readFailed(err error) bool {
+	var se *imapwire.SyntaxError
+	switch {
+	case s.srv.ctx.Err() != nil:
+		s.bye("Server shutting down")
+		return true
+	case errors.Is(err, imapwire.ErrLineTooLong):
+		s.bye("Line too long")
+		return true
+	case errors.Is(err, imapwire.ErrLiteralTooLarge):
+		s.bye("Literal too large")
+		return true
+	case errors.As(err, &se):
+		if s.first || se.Tag == "" {
+			// Not IMAP at all (an HTTP request, TLS bytes on the plain port) or a
+			// line with no tag: there is nothing to answer but BYE.
+			s.bye("This is an IMAP server")
+			s.log.Info("not IMAP: closed", "err", se.Msg)
+			return true
+		}
+		s.writef("%s BAD %s\r\n", se.Tag, se.Msg)
+		return false
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		s.bye("Autologout; idle for too long")
+		return true
+	default:
+		return true // EOF or reset: nobody to answer
+	}
+}
+
+func (s *session) bye(text string) {
+	s.writef("* BYE %s\r\n", text)
+}
+
+// dispatch runs one command. done reports that the loop must stop; relaying
+// that the relay now owns the session.
+func (s *session) dispatch(cmd *imapwire.Command) (relaying, done bool) {
+	switch cmd.Name {
+	case "CAPABILITY":
+		s.writef("* CAPABILITY %s\r\n%s OK CAPABILITY completed\r\n", s.capabilities(), cmd.Tag)
+	case "NOOP":
+		s.writef("%s OK NOOP completed\r\n", cmd.Tag)
+	case "LOGOUT":
+		s.writef("* BYE Logging out\r\n%s OK LOGOUT completed\r\n", cmd.Tag)
+		return false, true
+	case "ID":
+		s.writef("* ID (\"name\" \"imapgw\")\r\n%s OK ID completed\r\n", cmd.Tag)
+	case "STARTTLS":
+		return false, !s.startTLS(cmd)
+	case "LOGIN":
+		return s.login(cmd)
+	case "AUTHENTICATE":
+		return s.authenticate(cmd)
+	default:
+		if isIMAPCommand(cmd.Name) {
+			s.writef("%s BAD Log in first\r\n", cmd.Tag)
+		} else {
+			s.writef("%s BAD Unknown command\r\n", cmd.Tag)
+		}
+	}
+	return false, false
+}
+
+// startTLS upgrades a STARTTLS listener's connection. Bytes the client sent after
+// the command, before the handshake, are discarded: executing them would let an
+// attacker on the path inject commands into the protected session (CVE-2011-0411
+// class). It reports whether the session goes on.
+func (s *session) startTLS(cmd *imapwire.Command) bool {
+	if s.tls {
+		s.writef("%s BAD TLS is already active\r\n", cmd.Tag)
+		return true
+	}
+	if len(cmd.Args) != 0 {
+		s.writef("%s BAD STARTTLS takes no arguments\r\n", cmd.Tag)
+		return true
+	}
+	if n := s.rd.Buffered(); n > 0 {
+		s.log.Warn("bytes pipelined after STARTTLS discarded", "bytes", n)
+	}
+	if err := s.writef("%s OK Begin TLS negotiation now\r\n", cmd.Tag); err != nil {
+		return false
+	}
+	if err := s.handshake(); err != nil {
+		return false
+	}
+	s.setReader() // a new buffer: nothing read before the handshake survives
+	return true
+}
