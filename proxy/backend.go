@@ -49,6 +49,14 @@ func newBackendSettings(b conf.Backend) (*backendSettings, error) {
 			return nil, fmt.Errorf("backend.tls_ca_file %s: no PEM certificates", b.TLSCAFile)
 		}
 		bs.tls.RootCAs = pool
+	} else if !b.TLSSkipVerify {
+		// Load the system roots now: parsing them can take seconds, which the
+		// first login must not pay inside connect_timeout.
+		pool, err := x509.SystemCertPool()
+		if err != nil {
+			return nil, fmt.Errorf("loading system roots for the backend: %w", err)
+		}
+		bs.tls.RootCAs = pool
 	}
 	return bs, nil
 }

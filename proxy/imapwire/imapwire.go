@@ -54,9 +54,12 @@ const maxLiterals = 4
 // maxDepth bounds list nesting; ID needs one level.
 const maxDepth = 4
 
-// Errors. A *SyntaxError answers the command with BAD and the session goes on;
-// ErrLineTooLong and ErrLiteralTooLarge end the session with BYE, because the
-// rest of the oversized input cannot be told apart from the next command.
+// Errors. A *SyntaxError answers the command with BAD and the session goes on:
+// ReadCommand has consumed the whole command, non-synchronizing literals
+// included. ErrLineTooLong and ErrLiteralTooLarge end the session with BYE,
+// because the rest of the oversized input cannot be told apart from the next
+// command; ErrLiteralTooLarge also covers a malformed command's fifth
+// non-synchronizing literal, which cannot be skipped within the limits.
 var (
 	ErrLineTooLong     = errors.New("line too long")
 	ErrLiteralTooLarge = errors.New("literal too large")
@@ -131,6 +134,18 @@ func (r *Reader) ReadCommand() (*Command, error) {
 	if err := r.nextSegment(); err != nil {
 		return nil, err
 	}
+	cmd, err := r.command()
+	var se *SyntaxError
+	if errors.As(err, &se) {
+		if err := r.skipLiterals(); err != nil {
+			return cmd, err
+		}
+	}
+	return cmd, err
+}
+
+// command parses the segment just read, and those after its literals.
+func (r *Reader) command() (*Command, error) {
 	tag, err := r.tag()
 	if err != nil {
 		return nil, err
@@ -152,6 +167,54 @@ func (r *Reader) ReadCommand() (*Command, error) {
 		cmd.Args = append(cmd.Args, v)
 	}
 	return cmd, nil
+}
+
+// skipLiterals discards the rest of a malformed command: the non-synchronizing
+// literals that end its segments, and the segments after them. Read as lines,
+// their bytes would be taken for commands of their own — a CRLF injection for
+// whoever fills a literal (ruby/net-imap#701). A synchronizing literal needs no
+// skipping: its client waits for a "+" and gets the BAD instead.
+func (r *Reader) skipLiterals() error {
+	for {
+		spec, ok := trailingNonSync(r.line)
+		if !ok {
+			return nil
+		}
+		n, err := literalSize(spec, r.maxLiteral)
+		if err != nil {
+			return err // the digits were checked: ErrLiteralTooLarge
+		}
+		if r.lits++; r.lits > maxLiterals {
+			// The BAD cannot be sent before the bytes are read, so this is not a
+			// syntax error the session can survive.
+			return fmt.Errorf("%w: too many literals", ErrLiteralTooLarge)
+		}
+		if d, err := r.r.Discard(int(n)); err != nil {
+			if d > 0 && errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF // as io.ReadFull reports it in literal
+			}
+			return ioError{err}
+		}
+		if err := r.nextSegment(); err != nil {
+			return err
+		}
+	}
+}
+
+// trailingNonSync returns the digits of the "{n+}" that ends line, if one does.
+func trailingNonSync(line []byte) ([]byte, bool) {
+	if len(line) < 4 || line[len(line)-1] != '}' || line[len(line)-2] != '+' {
+		return nil, false
+	}
+	end := len(line) - 2
+	start := end
+	for start > 0 && line[start-1] >= '0' && line[start-1] <= '9' {
+		start--
+	}
+	if start == end || start == 0 || line[start-1] != '{' {
+		return nil, false
+	}
+	return line[start:end], true
 }
 
 func wrapSyntax(tag string, err error) error {
@@ -253,18 +316,28 @@ func (r *Reader) atom() Value {
 	return Value{Kind: Atom, Bytes: r.line[start:r.pos]}
 }
 
+// quoted returns the string unescaped. Without escapes it shares the line's
+// memory, as atoms do (each segment is a fresh slice); the first escape makes
+// a copy, sized once.
 func (r *Reader) quoted() (Value, error) {
 	r.pos++ // opening quote
-	var b []byte
+	start := r.pos
+	var b []byte // the unescaped copy, once one is needed
 	for r.pos < len(r.line) {
 		c := r.line[r.pos]
 		r.pos++
 		switch c {
 		case '"':
+			if b == nil {
+				return Value{Kind: Quoted, Bytes: r.line[start : r.pos-1]}, nil
+			}
 			return Value{Kind: Quoted, Bytes: b}, nil
 		case '\\':
 			if r.pos >= len(r.line) || (r.line[r.pos] != '"' && r.line[r.pos] != '\\') {
 				return Value{}, errors.New("bad escape in quoted string")
+			}
+			if b == nil {
+				b = append(make([]byte, 0, len(r.line)-start), r.line[start:r.pos-1]...)
 			}
 			b = append(b, r.line[r.pos])
 			r.pos++
@@ -274,7 +347,9 @@ func (r *Reader) quoted() (Value, error) {
 			// TEXT-CHAR excludes CR (RFC 9051 section 9); LF cannot occur, it ends the line.
 			return Value{}, errors.New("CR in quoted string")
 		default:
-			b = append(b, c)
+			if b != nil {
+				b = append(b, c)
+			}
 		}
 	}
 	return Value{}, errors.New("unterminated quoted string")

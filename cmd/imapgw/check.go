@@ -1,0 +1,31 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/imapgw/imapgw/conf"
+)
+
+// checkCmd validates a config file: every error with its file, line and key.
+func checkCmd(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("check", stderr)
+	path := configFlag(fs)
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if _, err := conf.Load(*path); err != nil {
+		var errs conf.Errors
+		if errors.As(err, &errs) {
+			for _, e := range errs {
+				fmt.Fprintln(stderr, e)
+			}
+		} else {
+			fmt.Fprintln(stderr, err)
+		}
+		return 1
+	}
+	fmt.Fprintf(stdout, "%s: ok\n", *path)
+	return 0
+}

@@ -1,0 +1,136 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/imapgw/imapgw/acme"
+	"github.com/imapgw/imapgw/conf"
+	"github.com/imapgw/imapgw/limiter"
+	"github.com/imapgw/imapgw/proxy"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// gateway is the whole running process: the parts and the wiring between them.
+type gateway struct {
+	path  string // the config file, re-read on reload ("" for the demo)
+	level *slog.LevelVar
+	log   *slog.Logger
+	reg   *prometheus.Registry
+	lim   *limiter.Limiter
+	certs *acme.Manager
+	srv   *proxy.Server
+
+	mu  sync.Mutex // serializes reloads
+	cfg *conf.Config
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	bg     sync.WaitGroup // background loops: ban saving, certificates
+}
+
+// newLogger builds the process logger; its level can change on reload.
+func newLogger(c conf.Log, w io.Writer) (*slog.Logger, *slog.LevelVar) {
+	level := new(slog.LevelVar)
+	level.Set(parseLevel(c.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts)), level
+	}
+	return slog.New(slog.NewTextHandler(w, opts)), level
+}
+
+func parseLevel(s string) slog.Level {
+	var l slog.Level
+	l.UnmarshalText([]byte(s)) // validated by conf
+	return l
+}
+
+// startGateway builds every part from cfg and opens the listeners.
+func startGateway(cfg *conf.Config, path string, logOut io.Writer) (*gateway, error) {
+	log, level := newLogger(cfg.Log, logOut)
+	g := &gateway{path: path, cfg: cfg, log: log, level: level, reg: prometheus.NewRegistry()}
+	g.ctx, g.cancel = context.WithCancel(context.Background())
+	g.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if err := g.start(); err != nil {
+		g.cancel()
+		return nil, err
+	}
+	return g, nil
+}
+
+func (g *gateway) start() error {
+	cfg := g.cfg
+	if cfg.Server.StateDir != "" {
+		if err := os.MkdirAll(cfg.Server.StateDir, 0o700); err != nil {
+			return fmt.Errorf("server.state_dir: %w", err)
+		}
+	}
+	var err error
+	g.lim, err = limiter.New(cfg.Bans, cfg.Limits, limiter.Options{StateDir: cfg.Server.StateDir, Logger: g.log, Registerer: g.reg})
+	if err != nil {
+		return err
+	}
+	g.certs, err = acme.New(cfg, acme.Options{Logger: g.log, Registerer: g.reg})
+	if err != nil {
+		return err
+	}
+	if err := g.certs.Start(g.ctx); err != nil {
+		return err
+	}
+	g.srv, err = proxy.New(cfg, proxy.Options{Policy: g.lim, Certs: g.certs, Logger: g.log, Registerer: g.reg})
+	if err != nil {
+		return err
+	}
+	if err := g.srv.Start(); err != nil {
+		return err
+	}
+	g.bg.Add(1)
+	go func() { defer g.bg.Done(); g.lim.Run(g.ctx) }()
+	return nil
+}
+
+// reload reads the config file again and applies it; an invalid file leaves
+// the running configuration in force and the error is returned.
+func (g *gateway) reload() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.path == "" {
+		return fmt.Errorf("no config file to reload")
+	}
+	cfg, err := conf.Load(g.path)
+	if err != nil {
+		g.log.Error("reload rejected: the running configuration stays", "err", err)
+		return err
+	}
+	if err := g.certs.Update(cfg); err != nil {
+		g.log.Error("reload rejected: certificates", "err", err)
+		return err
+	}
+	if err := g.srv.Update(cfg); err != nil {
+		g.log.Error("reload rejected: listeners", "err", err)
+		return err
+	}
+	g.lim.Update(cfg.Bans, cfg.Limits)
+	g.level.Set(parseLevel(cfg.Log.Level))
+	g.cfg = cfg
+	g.log.Info("configuration reloaded", "file", g.path)
+	return nil
+}
+
+// shutdown drains sessions, then stops the background loops (which save state).
+func (g *gateway) shutdown() {
+	g.log.Info("shutting down", "drain_timeout", g.cfg.Server.DrainTimeout.Duration)
+	ctx, cancel := context.WithTimeout(context.Background(), g.cfg.Server.DrainTimeout.Duration+10*time.Second)
+	defer cancel()
+	g.srv.Shutdown(ctx)
+	g.cancel()
+	g.bg.Wait()
+	g.log.Info("stopped")
+}
