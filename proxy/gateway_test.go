@@ -248,4 +248,11 @@ func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) 
 var _ = fmt.Sprintf
 
 func tlsClient(c net.Conn, conf *tls.Config) *tls.Conn { return tls.Client(c, conf) }
-func newReader(c net.Conn) *bufio.Reader              { return bufio.NewReader(c) }
+func newReader(c net.Conn) *bufio.Reader               { return bufio.NewReader(c) }
+
+func closeWrite(c net.Conn) error {
+	if tc, ok := c.(*tls.Conn); ok {
+		return tc.CloseWrite()
+	}
+	return c.(*net.TCPConn).CloseWrite()
+}

@@ -30,6 +30,25 @@ const Messages = 3
 // Start serves an in-memory backend on addr ("127.0.0.1:0" picks a port) with
 // the given users (name → password), each with Messages messages in INBOX.
 func Start(addr string, users map[string]string) (*Backend, error) {
+	return StartWithCaps(addr, users, Caps{SASLIR: true, LiteralPlus: true})
+}
+
+// Caps chooses optional capabilities, so tests can reach each way the gateway
+// replays a login.
+type Caps struct {
+	SASLIR      bool // AUTHENTICATE with an initial response
+	LiteralPlus bool // non-synchronizing literals
+}
+
+// StartWithCaps is Start with a choice of capabilities.
+func StartWithCaps(addr string, users map[string]string, c Caps) (*Backend, error) {
+	caps := imap.CapSet{imap.CapIMAP4rev1: {}, imap.CapIMAP4rev2: {}, imap.CapIdle: {}}
+	if c.SASLIR {
+		caps[imap.CapSASLIR] = struct{}{}
+	}
+	if c.LiteralPlus {
+		caps[imap.CapLiteralPlus] = struct{}{}
+	}
 	mem := imapmemserver.New()
 	for name, pass := range users {
 		u := imapmemserver.NewUser(name, pass)
@@ -42,7 +61,7 @@ func Start(addr string, users map[string]string) (*Backend, error) {
 		NewSession: func(*imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
 			return mem.NewSession(), nil, nil
 		},
-		Caps:         imap.CapSet{imap.CapIMAP4rev1: {}, imap.CapIMAP4rev2: {}, imap.CapSASLIR: {}, imap.CapLiteralPlus: {}, imap.CapIdle: {}},
+		Caps:         caps,
 		InsecureAuth: true, // the gateway terminates TLS; this hop is loopback
 		Logger:       log.New(discard{}, "", 0),
 	})

@@ -232,7 +232,7 @@ func TestReadCommandSyntaxError(t *testing.T) {
 			t.Errorf("ReadCommand(%q) = %s, %v, want *SyntaxError", tt.in, render(got), err)
 			continue
 		}
-		if se.Tag != tt.wantTag || se.Msg != tt.wantMsg {
+		if se.Tag != tt.wantTag || se.Msg != tt.wantMsg || se.Error() != tt.wantMsg {
 			t.Errorf("ReadCommand(%q) error = {Tag:%q Msg:%q}, want {Tag:%q Msg:%q}", tt.in, se.Tag, se.Msg, tt.wantTag, tt.wantMsg)
 		}
 		if len(r.conts) != 0 {
@@ -396,7 +396,7 @@ func TestReadCommandIOError(t *testing.T) {
 		r := newTestReader(tt.in, testMaxLine, testMaxLiteral)
 		got, err := r.ReadCommand()
 		var se *SyntaxError
-		if !errors.Is(err, tt.want) || errors.As(err, &se) {
+		if !errors.Is(err, tt.want) || errors.As(err, &se) || err.Error() != tt.want.Error() {
 			t.Errorf("ReadCommand(%q) = %s, %v, want %v", tt.in, render(got), err, tt.want)
 		}
 	}
@@ -517,6 +517,17 @@ func TestBuffered(t *testing.T) {
 		}
 		if got := r.Buffered(); got != tt.want {
 			t.Errorf("ReadCommand(%q) then Buffered() = %d, want %d", tt.in, got, tt.want)
+		}
+		rest := tt.in[len(tt.in)-tt.want:]
+		got := r.BufferedBytes()
+		if string(got) != rest {
+			t.Errorf("ReadCommand(%q) then BufferedBytes() = %q, want %q", tt.in, got, rest)
+		}
+		if len(got) > 0 {
+			got[0] ^= 0xff // a copy: the reader's buffer must not change
+			if again := r.BufferedBytes(); string(again) != rest {
+				t.Errorf("ReadCommand(%q) then BufferedBytes() after a write to the last copy = %q, want %q", tt.in, again, rest)
+			}
 		}
 	}
 }

@@ -1,0 +1,83 @@
+package proxy
+
+import (
+	"bufio"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestLoginChunks(t *testing.T) {
+	cases := []struct {
+		caps string
+		c    creds
+		want []string
+	}{
+		{"IMAP4rev1 AUTH=PLAIN SASL-IR", creds{user: "alice", password: []byte("pw")},
+			[]string{"gwl AUTHENTICATE PLAIN AGFsaWNlAHB3\r\n"}},
+		{"IMAP4rev1 AUTH=PLAIN", creds{authzid: "admin", user: "alice", password: []byte("pw")},
+			[]string{"gwl AUTHENTICATE PLAIN\r\n", "YWRtaW4AYWxpY2UAcHc=\r\n"}},
+		{"IMAP4rev1", creds{user: "alice", password: []byte(`p"w\`)},
+			[]string{"gwl LOGIN \"alice\" \"p\\\"w\\\\\"\r\n"}},
+		{"IMAP4rev1 LITERAL+", creds{user: "carol", password: []byte("pä")},
+			[]string{"gwl LOGIN \"carol\" {3+}\r\npä\r\n"}},
+		{"IMAP4rev1", creds{user: "carol", password: []byte("pä")},
+			[]string{"gwl LOGIN \"carol\" {3}\r\n", "pä\r\n"}},
+		{"IMAP4rev1", creds{user: "ü", password: []byte("pä")},
+			[]string{"gwl LOGIN {2}\r\n", "ü {3}\r\n", "pä\r\n"}},
+	}
+	for _, tc := range cases {
+		bc := &backendConn{caps: strings.Fields(tc.caps)}
+		got, err := bc.loginChunks(tc.c)
+		if err != nil || !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("loginChunks(%q, %q) = %q, %v, want %q", tc.caps, tc.c.user, got, err, tc.want)
+		}
+	}
+	bc := &backendConn{caps: []string{"IMAP4rev1", "LOGINDISABLED"}}
+	if _, err := bc.loginChunks(creds{user: "a", password: []byte("b")}); err == nil {
+		t.Errorf("loginChunks with LOGINDISABLED and no AUTH=PLAIN: no error")
+	}
+}
+
+func TestClassify(t *testing.T) {
+	cases := []struct{ line, want string }{
+		{"gwl OK [CAPABILITY IMAP4rev1 IDLE] Logged in", outcomeOK},
+		{"gwl NO [AUTHENTICATIONFAILED] Authentication failed.", outcomeFailed},
+		{"gwl NO Login failed", outcomeFailed},
+		{"gwl NO [UNAVAILABLE] Temporary authentication failure", outcomeUnavailable},
+		{"gwl NO [SERVERBUG] oops", outcomeUnavailable},
+		{"gwl NO [EXPIRED] Password expired", outcomeRejected},
+		{"gwl NO [CONTACTADMIN] Call us", outcomeRejected},
+		{"gwl BAD Error in IMAP command", outcomeUnavailable},
+	}
+	for _, tc := range cases {
+		if got := classify(parseStatus(tc.line)); got != tc.want {
+			t.Errorf("classify(%q) = %s, want %s", tc.line, got, tc.want)
+		}
+	}
+}
+
+func TestReadResponse(t *testing.T) {
+	in := "* ID (\"name\" {7}\r\nDovecot)\r\ngwl OK done\r\n"
+	br := bufio.NewReader(strings.NewReader(in))
+	got, err := readResponse(br)
+	if want := "* ID (\"name\" {7}\r\nDovecot)"; err != nil || got != want {
+		t.Fatalf("readResponse = %q, %v, want %q", got, err, want)
+	}
+	got, err = readResponse(br)
+	if err != nil || got != "gwl OK done" {
+		t.Fatalf("readResponse = %q, %v, want %q", got, err, "gwl OK done")
+	}
+	huge := bufio.NewReader(strings.NewReader("* X {999999999}\r\n"))
+	if _, err := readResponse(huge); err == nil {
+		t.Errorf("readResponse accepted a literal over maxResponse")
+	}
+}
+
+func TestParseStatus(t *testing.T) {
+	st := parseStatus("a1 ok [CAPABILITY IMAP4rev1 IDLE] Logged in")
+	want := status{tag: "a1", kind: "OK", code: "CAPABILITY", args: "IMAP4rev1 IDLE", text: "Logged in"}
+	if st != want {
+		t.Errorf("parseStatus = %+v, want %+v", st, want)
+	}
+}
