@@ -1,0 +1,65 @@
+# imapgw build and checks. `make test` is what CI runs (through .ci/run).
+
+GO ?= go
+
+# Fuzz targets as pkgpath:FuzzName. `make test` runs each for TEST_FUZZTIME,
+# `make fuzz` for FUZZTIME.
+FUZZ_TARGETS ?= ./proxy/imapwire:FuzzParse ./limiter:FuzzTables
+FUZZTIME ?= 5m
+TEST_FUZZTIME ?= 20s
+
+# fuzz_run TIME: each target in turn (go test -fuzz takes one package at a time).
+define fuzz_run
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "fuzz $$name in $$pkg for $(1)"; \
+		$(GO) test -run='^$$' -fuzz='^'"$$name"'$$' -fuzztime=$(1) "$$pkg"; \
+	done
+endef
+
+# gofmt_check fails listing the files gofmt would change.
+define gofmt_check
+	@out=$$(gofmt -l .); if [ -n "$$out" ]; then \
+		echo "gofmt -l: these files need gofmt -w:"; echo "$$out"; exit 1; \
+	fi
+endef
+
+.PHONY: all build test deps lint vet fmt-check fuzz demo bench clean
+
+all: build
+
+build:
+	$(GO) build -o bin/imapgw ./cmd/imapgw
+
+# Steps in order, as recipe lines rather than prerequisites, so that make -j
+# cannot reorder them; the first failure stops make with a non-zero status.
+test:
+	bash scripts/deps.sh
+	$(GO) vet ./...
+	$(gofmt_check)
+	$(GO) test -race -count=1 -timeout 30m ./...
+	$(call fuzz_run,$(TEST_FUZZTIME))
+
+deps:
+	bash scripts/deps.sh
+
+lint: vet fmt-check
+
+vet:
+	$(GO) vet ./...
+
+fmt-check:
+	$(gofmt_check)
+
+fuzz:
+	$(call fuzz_run,$(FUZZTIME))
+
+demo:
+	$(GO) run ./cmd/imapgw demo
+
+# Placeholder until the benchmark harness lands (it will run `go run ./bench`).
+bench:
+	$(GO) test -run='^$$' -bench=. ./...
+
+clean:
+	rm -rf bin

@@ -1,0 +1,8 @@
+// Package testbed starts real components for tests: the Debian Dovecot as an IMAP
+// backend, a throwaway certificate authority with leaf certificates, and helpers to
+// check that the binaries a test needs are installed.
+//
+// It is test infrastructure only: production code must not import it. Every
+// component it starts is a child of the test process, uses its own temporary
+// directory and free loopback ports, and is stopped in t.Cleanup.
+package testbed

@@ -1,0 +1,144 @@
+package testbed
+
+import (
+	"fmt"
+	"os"
+	"os/user"
+	"strings"
+	"testing"
+	"text/template"
+)
+
+// dovecotConf is a complete, standalone configuration: nothing is read from
+// /etc/dovecot, so the test sees the same Dovecot on every machine.
+var dovecotConf = template.Must(template.New("dovecot.conf").Parse(`# written by internal/testbed
+protocols = imap
+listen = 127.0.0.1
+base_dir = {{.Dir}}/run
+state_dir = {{.Dir}}/state
+instance_name = {{.Instance}}
+# Info lines (Login: user=<…>, rip=…) go to info_log_path, which defaults to log_path.
+log_path = {{.Dir}}/dovecot.log
+auth_verbose = yes
+verbose_proctitle = yes
+
+default_login_user = {{.LoginUser}}
+default_internal_user = {{.InternalUser}}
+default_internal_group = {{.InternalGroup}}
+
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+auth_failure_delay = {{.FailureDelay}}
+# Loopback is trusted: the ID x-originating-ip field is believed. (That does not
+# exempt it from the auth penalty; see service anvil below.)
+login_trusted_networks = 127.0.0.0/8
+haproxy_trusted_networks = 127.0.0.0/8
+mail_max_userip_connections = 10000
+
+mail_location = maildir:~/Maildir
+namespace inbox {
+  inbox = yes
+  separator = /
+}
+
+passdb {
+  driver = passwd-file
+  args = scheme=PLAIN {{.Dir}}/passwd
+}
+userdb {
+  driver = static
+  args = uid={{.MailUID}} gid={{.MailGID}} home={{.Dir}}/mail/%u
+}
+{{if .TLS}}
+ssl = yes
+ssl_cert = <{{.CertFile}}
+ssl_key = <{{.KeyFile}}
+ssl_min_protocol = TLSv1.2
+{{else}}
+ssl = no
+{{end}}
+service imap-login {
+{{- if not .Root}}
+  # chroot needs root.
+  chroot =
+{{- end}}
+  inet_listener imap {
+    address = 127.0.0.1
+    port = {{.Port}}
+  }
+  inet_listener imap_haproxy {
+    address = 127.0.0.1
+    port = {{.ProxyPort}}
+    haproxy = yes
+  }
+  inet_listener imaps {
+    address = 127.0.0.1
+    port = {{.TLSPort}}
+{{- if .TLS}}
+    ssl = yes
+{{- end}}
+  }
+}
+service anvil {
+{{- if not .Root}}
+  chroot =
+{{- end}}
+{{- if not .Penalty}}
+  # Without this socket the auth process finds no anvil to ask and disables the
+  # penalty (the documented way to turn it off).
+  unix_listener anvil-auth-penalty {
+    mode = 0
+  }
+{{- end}}
+}
+`))
+
+// dovecotConfData fills dovecotConf.
+type dovecotConfData struct {
+	Dir, Instance                          string
+	LoginUser, InternalUser, InternalGroup string
+	MailUID, MailGID                       string
+	FailureDelay                           string
+	Root, TLS, Penalty                     bool
+	CertFile, KeyFile                      string
+	Port, ProxyPort, TLSPort               int
+}
+
+// setUsers picks the accounts Dovecot runs as. As root: Debian's dovenull and
+// dovecot, and mail owned by nobody. Otherwise Dovecot cannot switch users, so
+// everything runs as the current user.
+func (d *dovecotConfData) setUsers(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		d.Root = true
+		d.LoginUser, d.InternalUser, d.InternalGroup = "dovenull", "dovecot", "dovecot"
+		d.MailUID, d.MailGID = "nobody", "nogroup"
+		return
+	}
+	u, err := user.Current()
+	if err != nil {
+		t.Fatalf("dovecot as non-root needs the current user's name: %v", err)
+	}
+	g, err := user.LookupGroupId(fmt.Sprint(os.Getegid()))
+	if err != nil {
+		t.Fatalf("dovecot as non-root needs the current group's name: %v", err)
+	}
+	d.LoginUser, d.InternalUser, d.InternalGroup = u.Username, u.Username, g.Name
+	d.MailUID, d.MailGID = fmt.Sprint(os.Geteuid()), fmt.Sprint(os.Getegid())
+}
+
+// passwdFile renders users in passwd-file format with explicit {PLAIN} schemes.
+// The format is colon-separated lines, so names and passwords must not contain
+// ':' or line breaks.
+func passwdFile(t testing.TB, users map[string]string) []byte {
+	t.Helper()
+	var b strings.Builder
+	for name, pass := range users {
+		if name == "" || strings.ContainsAny(name, ":\r\n") || strings.ContainsAny(pass, ":\r\n") {
+			// The values are test fixtures, but still: name the user, never the password.
+			t.Fatalf("dovecot passwd-file cannot hold user %q or its password (no ':' or line breaks, no empty name)", name)
+		}
+		fmt.Fprintf(&b, "%s:{PLAIN}%s::::::\n", name, pass)
+	}
+	return []byte(b.String())
+}
