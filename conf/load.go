@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -122,8 +123,15 @@ func decodeError(name string, lines lineIndex, err error) *Error {
 		}
 		return &Error{File: name, Line: line, Key: key, Msg: pe.Message}
 	}
+	// Type mismatches come as plain errors: "toml: line N (last key "k"): msg".
+	if m := decodeErrRE.FindStringSubmatch(err.Error()); m != nil {
+		line, _ := strconv.Atoi(m[1])
+		return &Error{File: name, Line: line, Key: m[2], Msg: m[3]}
+	}
 	return &Error{File: name, Key: "file", Msg: err.Error()}
 }
+
+var decodeErrRE = regexp.MustCompile(`^toml: line (\d+) \(last key "([^"]*)"\): (.*)$`)
 
 // lineIndex maps dotted keys to the line that sets them. Keys inside the Nth
 // [[listen]] table are stored both as "listen[N].key" and "listen.key" (first one).
