@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"time"
 
@@ -43,8 +44,12 @@ func demoCmd(args []string, stdout, stderr io.Writer) int {
   STARTTLS      %[2]s   curl -k --ssl-reqd imap://%[2]s/INBOX -u demo:demo
   admin         %[3]s   curl http://%[3]s/metrics
 
+  read a message:   curl -k 'imaps://%[1]s/INBOX;UID=1' -u demo:demo
+  search INBOX:     curl -k 'imaps://%[1]s/INBOX?ALL' -u demo:demo
+  a real client:    python3 -c 'import imaplib,ssl; m=imaplib.IMAP4_SSL("127.0.0.1",%[4]s,ssl_context=ssl._create_unverified_context()); print(m.login("demo","demo"), m.select("INBOX"))'
+
 The certificate is self-signed (hence -k). Ctrl-C stops.
-`, *implicit, *starttls, cfg.Admin.Address)
+`, *implicit, *starttls, cfg.Admin.Address, port(*implicit))
 	return g.serveSignals()
 }
 
@@ -60,4 +65,12 @@ func demoConfig(backend, implicit, starttls, state string) *conf.Config {
 	cfg.Backend.ClientIP = conf.ClientIPNone // the in-memory backend has no ID command
 	cfg.Admin.Address = "127.0.0.1:9993"
 	return cfg
+}
+
+func port(addr string) string {
+	_, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "993"
+	}
+	return p
 }

@@ -88,8 +88,12 @@ func (b *Backend) AddUser(name, pass string) error {
 func (b *Backend) Close() error { return b.srv.Close() }
 
 func fill(u *imapmemserver.User, name string) error {
-	if err := u.Create("INBOX", nil); err != nil {
-		return err
+	// Sub-folders, so that `curl imaps://…/INBOX` (which sends LIST "INBOX" *)
+	// shows the mailbox's structure rather than nothing.
+	for _, mbox := range []string{"INBOX", "INBOX/Archive", "INBOX/Receipts"} {
+		if err := u.Create(mbox, nil); err != nil {
+			return err
+		}
 	}
 	subjects := []string{"Welcome to imapgw", "Your gateway is working", "Try IDLE next"}
 	for i := 0; i < Messages; i++ {
