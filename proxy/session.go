@@ -172,10 +172,20 @@ func (s *session) setReader() {
 	s.rd.Continue = func(int64) error { return s.write("+ Ready for literal data\r\n") }
 }
 
-// read is every pre-auth read: each one has its own deadline (preauth_timeout),
-// so a client trickling bytes cannot hold a session for long.
+// preauthLifetimes bounds the whole pre-auth phase to this many
+// preauth_timeouts: the per-read deadline alone would let a client trickling one
+// byte just under preauth_timeout hold a session for days.
+const preauthLifetimes = 5
+
+// read is every pre-auth read: each has its own deadline (preauth_timeout),
+// capped by the pre-auth phase's total lifetime.
 func (s *session) read(b []byte) (int, error) {
-	s.conn.SetReadDeadline(time.Now().Add(s.cfg.Limits.PreauthTimeout.Duration))
+	timeout := s.cfg.Limits.PreauthTimeout.Duration
+	deadline := time.Now().Add(timeout)
+	if end := s.since.Add(preauthLifetimes * timeout); end.Before(deadline) {
+		deadline = end
+	}
+	s.conn.SetReadDeadline(deadline)
 	return s.conn.Read(b)
 }
 

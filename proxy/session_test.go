@@ -211,6 +211,7 @@ func TestHostileInput(t *testing.T) {
 		{"unknown command", false, "a CAPABILITY\r\nb FROB\r\n", "b BAD"},
 		{"silent past preauth_timeout", false, "", "* BYE Autologout"},
 		{"slow trickle", false, "a NO", "* BYE Autologout"},
+		{"trickle under the per-read timeout, past the pre-auth lifetime", false, "trickle", "* BYE Autologout"},
 		{"command before login", false, "a CAPABILITY\r\nb SELECT INBOX\r\n", "b BAD"},
 		{"bad base64", false, "a AUTHENTICATE PLAIN !!!!\r\n", "a BAD"},
 		{"unsupported mechanism", false, "a AUTHENTICATE GSSAPI\r\n", "a NO"},
@@ -224,7 +225,20 @@ func TestHostileInput(t *testing.T) {
 				c = dialRaw(t, g.implicit, g.clientTLS())
 			}
 			greeting(t, c)
-			if tc.send != "" {
+			switch tc.send {
+			case "":
+			case "trickle":
+				// One byte every 400 ms, each within preauth_timeout (700 ms): only
+				// the pre-auth lifetime (5 × 700 ms) ends it.
+				go func() {
+					for i := 0; i < 20; i++ {
+						if _, err := c.conn.Write([]byte("a")); err != nil {
+							return
+						}
+						time.Sleep(400 * time.Millisecond)
+					}
+				}()
+			default:
 				c.send(tc.send)
 			}
 			word, _, _ := strings.Cut(tc.want, " ")
