@@ -2,8 +2,11 @@ package proxy
 
 import (
 	"bytes"
+	"errors"
 	"strings"
 	"time"
+
+	"github.com/imapgw/imapgw/limiter"
 )
 
 // tryLogin asks the policy, logs in to the backend and answers the client. It
@@ -19,7 +22,13 @@ func (s *session) tryLogin(tag string, c creds) (relaying, done bool) {
 	src := s.client.Addr()
 	if err := s.srv.policy.Try(src, c.user); err != nil {
 		s.logAuth(c, "", outcomeRefused, err.Error(), start)
+		// UNAVAILABLE (RFC 5530): mail apps retry later instead of asking their
+		// user for a new password.
 		s.writef("%s NO [UNAVAILABLE] Too many failed logins; try again later\r\n", tag)
+		if errors.Is(err, limiter.ErrBanned) {
+			s.bye("Too many failed logins")
+			return false, true
+		}
 		return false, false
 	}
 	bs := s.srv.backend.Load()
