@@ -18,6 +18,10 @@ import (
 // none: a buffer is taken only once its socket is readable (see waitReadable).
 const relayBuffer = 32 << 10
 
+// halfCloseGrace is how long the other direction may go on after one side
+// ended cleanly.
+const halfCloseGrace = 5 * time.Second
+
 var bufPool = sync.Pool{New: func() any { b := make([]byte, relayBuffer); return &b }}
 
 // relay is one direction of a logged-in session.
@@ -114,7 +118,11 @@ func (r *relay) copy() {
 			continue
 		}
 		if errors.Is(err, io.EOF) {
+			// Pass the half-close on, and give the other direction a moment to
+			// deliver what is in flight: then both sides close, so a peer that
+			// never closes its end cannot hold the session for idle_timeout.
 			closeWrite(r.dst)
+			time.AfterFunc(halfCloseGrace, func() { r.src.Close(); r.dst.Close() })
 			return
 		}
 		r.src.Close()

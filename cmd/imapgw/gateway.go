@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/imapgw/imapgw/acme"
+	"github.com/imapgw/imapgw/admin"
 	"github.com/imapgw/imapgw/conf"
 	"github.com/imapgw/imapgw/limiter"
 	"github.com/imapgw/imapgw/proxy"
@@ -26,6 +27,7 @@ type gateway struct {
 	lim   *limiter.Limiter
 	certs *acme.Manager
 	srv   *proxy.Server
+	admin *admin.Server // nil when admin.address is ""
 
 	mu  sync.Mutex // serializes reloads
 	cfg *conf.Config
@@ -91,6 +93,10 @@ func (g *gateway) start() error {
 	if err := g.srv.Start(); err != nil {
 		return err
 	}
+	if g.admin, err = g.startAdmin(); err != nil {
+		g.srv.Shutdown(context.Background())
+		return err
+	}
 	g.bg.Add(1)
 	go func() { defer g.bg.Done(); g.lim.Run(g.ctx) }()
 	return nil
@@ -130,6 +136,9 @@ func (g *gateway) shutdown() {
 	ctx, cancel := context.WithTimeout(context.Background(), g.cfg.Server.DrainTimeout.Duration+10*time.Second)
 	defer cancel()
 	g.srv.Shutdown(ctx)
+	if g.admin != nil {
+		g.admin.Shutdown(ctx) // after the drain: /metrics stays up while sessions end
+	}
 	g.cancel()
 	g.bg.Wait()
 	g.log.Info("stopped")

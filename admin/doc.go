@@ -1,0 +1,10 @@
+// Package admin is the operator's HTTP endpoint (DESIGN.md, "Admin HTTP API"):
+// health and readiness probes, the Prometheus registry it is handed, the bans
+// and per-source state of the policy, the active sessions, counters, and a
+// config reload; JSON in and out, behind a bearer token compared in constant
+// time. Client is the same API from the other side, for `imapgw bans` and
+// `imapgw status`.
+//
+// It counts nothing itself and does not import the data path: the parts it
+// reads arrive as small interfaces and funcs that package main wires in.
+package admin

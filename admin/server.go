@@ -1,0 +1,164 @@
+package admin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/imapgw/imapgw/acme"
+	"github.com/imapgw/imapgw/conf"
+	"github.com/imapgw/imapgw/limiter"
+)
+
+// Bans is the part of the policy the endpoint reads and changes.
+// *limiter.Limiter implements it.
+type Bans interface {
+	Bans() []limiter.Ban
+	AddBan(ip netip.Addr, d time.Duration, reason string) limiter.Ban
+	LiftBan(ip netip.Addr) bool
+	Source(ip netip.Addr) limiter.SourceInfo
+}
+
+var _ Bans = (*limiter.Limiter)(nil)
+
+// Sessions lists the active sessions.
+type Sessions interface {
+	Sessions() []SessionInfo
+}
+
+// SessionsFunc adapts a func to Sessions.
+type SessionsFunc func() []SessionInfo
+
+// Sessions calls f.
+func (f SessionsFunc) Sessions() []SessionInfo { return f() }
+
+var _ Sessions = SessionsFunc(nil)
+
+// SessionInfo describes one session; package main copies the data path's own
+// description into it.
+type SessionInfo struct {
+	ID       string    `json:"id"`
+	Client   string    `json:"client"`
+	Listener string    `json:"listener"`
+	User     string    `json:"user,omitempty"`
+	Backend  string    `json:"backend,omitempty"`
+	State    string    `json:"state"` // "preauth" or "relaying"
+	Since    time.Time `json:"since"`
+	BytesIn  int64     `json:"bytes_in"`  // client to backend, after login
+	BytesOut int64     `json:"bytes_out"` // backend to client, after login
+}
+
+// Options configure a Server. Address and Bans are required; every other
+// field has a working zero value.
+type Options struct {
+	// Address is the host:port to listen on, e.g. "127.0.0.1:9993".
+	Address string
+	// Token is the bearer token every route but /healthz and /readyz requires.
+	// "" disables authentication, which New allows on loopback addresses only.
+	Token string
+	// Gatherer is served on /metrics and summed for /api/v1/stats.
+	// nil: both are empty.
+	Gatherer prometheus.Gatherer
+	// Bans is the policy; required.
+	Bans Bans
+	// Sessions lists the active sessions. nil: none.
+	Sessions Sessions
+	// Certs lists the loaded certificates. nil: none.
+	Certs func() []acme.CertInfo
+	// Ready reports whether a certificate is loaded; /readyz answers 503 until
+	// it does. nil: always ready.
+	Ready func() bool
+	// Reload re-reads and applies the config file, as SIGHUP. nil: the route
+	// answers 500.
+	Reload func() error
+	// Logger gets the endpoint's lines. Default slog.Default().
+	Logger *slog.Logger
+	// Now is the clock for uptime and remaining times. Default time.Now.
+	Now func() time.Time
+}
+
+// Server is the admin HTTP endpoint.
+type Server struct {
+	o       Options
+	started time.Time
+	token   []byte // sha256 of Options.Token; nil when authentication is off
+	http    *http.Server
+
+	mu sync.Mutex
+	ln net.Listener
+}
+
+// New checks o and builds the server; Start opens its listener. It refuses a
+// non-loopback address without a token: the API lifts bans and reloads the
+// configuration.
+func New(o Options) (*Server, error) {
+	if o.Address == "" {
+		return nil, errors.New("admin: no address")
+	}
+	if o.Bans == nil {
+		return nil, errors.New("admin: Bans is required")
+	}
+	if o.Token == "" && !conf.IsLoopback(o.Address) {
+		return nil, fmt.Errorf("admin.address %q is not loopback: set admin.token_file", o.Address)
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	s := &Server{o: o, started: o.Now()}
+	if o.Token != "" {
+		s.token = digest(o.Token)
+	}
+	s.http = &http.Server{
+		Handler:           s.routes(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(o.Logger.Handler(), slog.LevelWarn),
+	}
+	return s, nil
+}
+
+// Start listens on Options.Address and serves in the background.
+func (s *Server) Start() error {
+	ln, err := net.Listen("tcp", s.o.Address)
+	if err != nil {
+		return fmt.Errorf("admin: listening on %s: %w", s.o.Address, err)
+	}
+	s.mu.Lock()
+	s.ln = ln
+	s.mu.Unlock()
+	s.o.Logger.Info("admin endpoint listening", "address", ln.Addr().String(), "token", s.token != nil)
+	go func() {
+		if err := s.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.o.Logger.Error("admin endpoint stopped", "err", err)
+		}
+	}()
+	return nil
+}
+
+// Addr is the bound address, nil before Start.
+func (s *Server) Addr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ln == nil {
+		return nil
+	}
+	return s.ln.Addr()
+}
+
+// Shutdown stops accepting and waits for requests in flight until ctx ends.
+func (s *Server) Shutdown(ctx context.Context) error {
+	return s.http.Shutdown(ctx)
+}

@@ -1,0 +1,64 @@
+package main
+
+import (
+	"github.com/imapgw/imapgw/admin"
+	"github.com/imapgw/imapgw/conf"
+	"github.com/imapgw/imapgw/proxy"
+)
+
+// startAdmin starts the admin endpoint of the running configuration; it
+// returns nil, nil when admin.address is "". admin.* is read once: changing
+// it takes a restart.
+func (g *gateway) startAdmin() (*admin.Server, error) {
+	if g.cfg.Admin.Address == "" {
+		return nil, nil
+	}
+	s, err := g.newAdmin(g.cfg.Admin)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Start(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// newAdmin wires the gateway's parts into an admin server for a.
+func (g *gateway) newAdmin(a conf.Admin) (*admin.Server, error) {
+	var token string
+	if a.TokenFile != "" {
+		var err error
+		if token, err = admin.ReadTokenFile(a.TokenFile); err != nil {
+			return nil, err
+		}
+	}
+	return admin.New(admin.Options{
+		Address:  a.Address,
+		Token:    token,
+		Gatherer: g.reg,
+		Bans:     g.lim,
+		Sessions: admin.SessionsFunc(g.sessions),
+		Certs:    g.certs.Certificates,
+		Ready:    g.certs.Ready,
+		Reload:   g.reload,
+		Logger:   g.log.With("part", "admin"),
+	})
+}
+
+// sessions copies the data path's session list into admin's type: admin does
+// not import proxy (DESIGN.md, dependencies point one way).
+func (g *gateway) sessions() []admin.SessionInfo {
+	list := g.srv.Sessions()
+	out := make([]admin.SessionInfo, len(list))
+	for i, s := range list {
+		out[i] = adminSession(s)
+	}
+	return out
+}
+
+func adminSession(s proxy.SessionInfo) admin.SessionInfo {
+	return admin.SessionInfo{
+		ID: s.ID, Client: s.Client, Listener: s.Listener, User: s.User, Backend: s.Backend,
+		State: s.State, Since: s.Since, BytesIn: s.BytesIn, BytesOut: s.BytesOut,
+	}
+}
