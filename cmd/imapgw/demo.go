@@ -14,9 +14,15 @@ import (
 // demoCmd runs the gateway in front of an in-memory backend, on loopback, with a
 // self-signed certificate: a way to see imapgw work in one command, no root.
 func demoCmd(args []string, stdout, stderr io.Writer) int {
+	return runDemo(args, stdout, stderr, nil)
+}
+
+// runDemo is demoCmd, stopped by a signal or by closing stop.
+func runDemo(args []string, stdout, stderr io.Writer, stop <-chan struct{}) int {
 	fs := newFlagSet("demo", stderr)
 	implicit := fs.String("imaps", "127.0.0.1:9930", "implicit-TLS listener")
 	starttls := fs.String("imap", "127.0.0.1:1430", "STARTTLS listener")
+	adminAddr := fs.String("admin", "127.0.0.1:9993", `admin endpoint ("" disables)`)
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -33,6 +39,7 @@ func demoCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	defer os.RemoveAll(state)
 	cfg := demoConfig(be.Addr, *implicit, *starttls, state)
+	cfg.Admin.Address = *adminAddr
 	g, err := startGateway(cfg, "", stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "imapgw demo:", err)
@@ -50,7 +57,7 @@ func demoCmd(args []string, stdout, stderr io.Writer) int {
 
 The certificate is self-signed (hence -k). Ctrl-C stops.
 `, *implicit, *starttls, cfg.Admin.Address, port(*implicit))
-	return g.serveSignals()
+	return g.serveUntil(stop)
 }
 
 func demoConfig(backend, implicit, starttls, state string) *conf.Config {

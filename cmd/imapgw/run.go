@@ -31,17 +31,25 @@ func runCmd(args []string, stderr io.Writer) int {
 }
 
 // serveSignals blocks until SIGTERM or SIGINT, reloading on SIGHUP.
-func (g *gateway) serveSignals() int {
+func (g *gateway) serveSignals() int { return g.serveUntil(nil) }
+
+// serveUntil is serveSignals that also stops when stop is closed (tests).
+func (g *gateway) serveUntil(stop <-chan struct{}) int {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigs)
-	for sig := range sigs {
-		if sig == syscall.SIGHUP {
-			g.reload()
-			continue
+	for running := true; running; {
+		select {
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				g.reload()
+				continue
+			}
+			g.log.Info("signal received", "signal", sig.String())
+			running = false
+		case <-stop:
+			running = false
 		}
-		g.log.Info("signal received", "signal", sig.String())
-		break
 	}
 	g.shutdown()
 	return 0
