@@ -96,4 +96,3 @@ func TestCheckCommand(t *testing.T) {
 		}
 	}
 }
-
