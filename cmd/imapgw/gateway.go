@@ -119,6 +119,11 @@ func (g *gateway) reload() error {
 		g.log.Error("reload rejected: certificates", "err", err)
 		return err
 	}
+	// Files are re-read on every reload (SIGHUP), changed paths or not; a broken
+	// new pair keeps the old one serving and is reported, not fatal.
+	if err := g.certs.Reload(); err != nil {
+		g.log.Error("certificate files not reloaded: the previous certificate stays", "err", err)
+	}
 	if err := g.srv.Update(cfg); err != nil {
 		g.log.Error("reload rejected: listeners", "err", err)
 		return err
@@ -141,5 +146,6 @@ func (g *gateway) shutdown() {
 	}
 	g.cancel()
 	g.bg.Wait()
+	<-g.certs.Done()
 	g.log.Info("stopped")
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"log/slog"
 	"io"
 	"os"
 	"os/signal"
@@ -27,6 +28,9 @@ func runCmd(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "imapgw:", err)
 		return 1
 	}
+	// Libraries that log through the standard log package (certmagic's panic
+	// recovery) then reach our handler too.
+	slog.SetDefault(g.log)
 	return g.serveSignals()
 }
 
