@@ -2,8 +2,8 @@ package main
 
 import (
 	"fmt"
-	"log/slog"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
