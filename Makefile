@@ -4,7 +4,7 @@ GO ?= go
 
 # Fuzz targets as pkgpath:FuzzName. `make test` runs each for TEST_FUZZTIME,
 # `make fuzz` for FUZZTIME.
-FUZZ_TARGETS ?= ./proxy/imapwire:FuzzParse ./limiter:FuzzTables
+FUZZ_TARGETS ?= ./proxy/imapwire:FuzzParse ./limiter:FuzzTables ./proxy:FuzzSession
 FUZZTIME ?= 5m
 TEST_FUZZTIME ?= 20s
 
@@ -24,7 +24,7 @@ define gofmt_check
 	fi
 endef
 
-.PHONY: all build test deps lint vet fmt-check fuzz demo bench clean
+.PHONY: all build test deps lint vet fmt-check fuzz demo bench soak clean
 
 all: build
 
@@ -60,6 +60,11 @@ demo:
 # Placeholder until the benchmark harness lands (it will run `go run ./bench`).
 bench:
 	$(GO) test -run='^$$' -bench=. ./...
+
+# 2,000 sessions (IDLE, FETCH, logins) and an attacker for 60 s; see docs/RELIABILITY.md.
+soak:
+	bash scripts/deps.sh
+	$(GO) test -v -count=1 -timeout 20m ./soak -run TestSoak -args -soak -duration=60s
 
 clean:
 	rm -rf bin

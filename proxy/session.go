@@ -193,9 +193,15 @@ type readerFunc func([]byte) (int, error)
 
 func (f readerFunc) Read(b []byte) (int, error) { return f(b) }
 
+// write sends a reply. A failed write ends the session: a client that does not
+// read its replies must not be answered command by command from the buffer,
+// one preauth_timeout each.
 func (s *session) write(str string) error {
 	s.conn.SetWriteDeadline(time.Now().Add(s.cfg.Limits.PreauthTimeout.Duration))
 	_, err := io.WriteString(s.conn, str)
+	if err != nil {
+		s.raw.Close()
+	}
 	return err
 }
 
