@@ -2,7 +2,6 @@ package proxy_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/base64"
@@ -11,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -30,24 +28,7 @@ type gateway struct {
 	implicit string // address of the implicit-TLS listener
 	starttls string // address of the STARTTLS listener
 	ca       *testbed.CA
-	logs     *syncBuffer
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	logs     *testbed.LogBuffer
 }
 
 type staticCerts struct{ conf *tls.Config }
@@ -76,7 +57,7 @@ func startGateway(t *testing.T, backend string, edit func(*conf.Config)) *gatewa
 	if edit != nil {
 		edit(cfg)
 	}
-	g := &gateway{cfg: cfg, ca: testbed.NewCA(t), logs: &syncBuffer{}}
+	g := &gateway{cfg: cfg, ca: testbed.NewCA(t), logs: &testbed.LogBuffer{}}
 	log := slog.New(slog.NewTextHandler(g.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	lim, err := limiter.New(cfg.Bans, cfg.Limits, limiter.Options{Logger: log, StateDir: cfg.Server.StateDir})
 	if err != nil {

@@ -35,7 +35,7 @@ func TestACMEGatewayWithDovecot(t *testing.T) {
 	cfg.ACME.HTTPChallengeAddress = fmt.Sprintf("127.0.0.1:%d", port)
 	cfg.Backend.Servers = []string{d.Addr}
 	cfg.Admin.Address = ""
-	logs := &lockedBuffer{}
+	logs := &testbed.LogBuffer{}
 	g, err := startGateway(cfg, "", logs)
 	if err != nil {
 		t.Fatal(err)

@@ -12,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,6 +23,7 @@ import (
 	"github.com/imapgw/imapgw/admin"
 	"github.com/imapgw/imapgw/conf"
 	"github.com/imapgw/imapgw/internal/demo"
+	"github.com/imapgw/imapgw/internal/testbed"
 )
 
 // adminEnv is a running gateway in front of the in-memory backend, with its
@@ -35,24 +35,7 @@ type adminEnv struct {
 	token     string
 	tokenFile string
 	imaps     string // the implicit-TLS listener
-	logs      *lockedBuffer
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+	logs      *testbed.LogBuffer
 }
 
 // startDemoBackend runs the in-memory IMAP server with user demo/demo.
@@ -91,7 +74,7 @@ func adminTestConfig(t *testing.T, backend string) *conf.Config {
 // admin endpoint with a token, and stops both when the test ends.
 func startAdminEnv(t *testing.T, cfg *conf.Config, path string) *adminEnv {
 	t.Helper()
-	env := &adminEnv{logs: &lockedBuffer{}, token: "test-token-42"}
+	env := &adminEnv{logs: &testbed.LogBuffer{}, token: "test-token-42"}
 	env.tokenFile = filepath.Join(t.TempDir(), "token")
 	if err := os.WriteFile(env.tokenFile, []byte(env.token+"\n"), 0o600); err != nil {
 		t.Fatal(err)

@@ -28,7 +28,7 @@ func freeAddr(t *testing.T) string {
 func TestDemo(t *testing.T) {
 	testbed.Need(t, "curl")
 	imaps, imap := freeAddr(t), freeAddr(t)
-	var stdout, stderr lockedBuffer
+	var stdout, stderr testbed.LogBuffer
 	stop := make(chan struct{})
 	done := make(chan int)
 	go func() {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/imapgw/imapgw/conf"
+	"github.com/imapgw/imapgw/internal/testbed"
 )
 
 // attacker is the source that fails logins until it is banned; bans.allow in
@@ -64,7 +65,7 @@ func TestStateDirFaults(t *testing.T) {
 			if tc.setup != nil {
 				tc.setup(t, cfg.Server.StateDir)
 			}
-			logs := &lockedBuffer{}
+			logs := &testbed.LogBuffer{}
 			g, stop := startTestGateway(t, cfg, "", logs)
 
 			tc.brk(t, cfg.Server.StateDir)
@@ -104,7 +105,7 @@ func TestStartWithUnusableStateDir(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "file")
 	must(t, os.WriteFile(file, nil, 0o600))
 	cfg.Server.StateDir = filepath.Join(file, "state")
-	g, err := startGateway(cfg, "", &lockedBuffer{})
+	g, err := startGateway(cfg, "", &testbed.LogBuffer{})
 	if err == nil {
 		g.shutdown()
 		t.Fatalf("startGateway with state_dir below a file = nil error, want one naming server.state_dir")
@@ -127,7 +128,7 @@ func TestReloadUnderLoad(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &lockedBuffer{}
+	logs := &testbed.LogBuffer{}
 	g, _ := startTestGateway(t, cfg, path, logs)
 	addr := g.srv.Addrs()[0].String()
 
@@ -230,7 +231,7 @@ address = ""
 
 // startTestGateway starts the whole process from cfg; the returned stop shuts
 // it down, and runs at the test's end if the test did not call it.
-func startTestGateway(t *testing.T, cfg *conf.Config, path string, logs *lockedBuffer) (*gateway, func()) {
+func startTestGateway(t *testing.T, cfg *conf.Config, path string, logs *testbed.LogBuffer) (*gateway, func()) {
 	t.Helper()
 	g, err := startGateway(cfg, path, logs)
 	if err != nil {

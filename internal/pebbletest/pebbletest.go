@@ -9,7 +9,6 @@
 package pebbletest
 
 import (
-	"bytes"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -60,7 +59,7 @@ type Pebble struct {
 // process is a child whose output is kept for the test log.
 type process struct {
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *testbed.LogBuffer
 	done chan struct{}
 }
 
@@ -208,7 +207,7 @@ func (p *Pebble) spawn(t testing.TB, name, bin string, env []string, args ...str
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = p.dir
 	cmd.Env = append(os.Environ(), env...)
-	out := &syncBuffer{}
+	out := &testbed.LogBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting %s: %v", name, err)
@@ -266,23 +265,4 @@ func freePorts(t testing.TB, n int) []int {
 func FreePort(t testing.TB) int {
 	t.Helper()
 	return freePorts(t, 1)[0]
-}
-
-// syncBuffer is a bytes.Buffer safe for the child's writer goroutines and the
-// test reading it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
