@@ -158,6 +158,24 @@ func upgrade(t *testing.T, conn net.Conn, g *gateway) *rawClient {
 	return &rawClient{t: t, conn: tc, br: newReader(tc)}
 }
 
+// expectRefused asserts the gateway refuses a connection from src at accept:
+// the dial itself is reset (the gateway answers a refused source with RST, which
+// can beat connect's completion on loopback), or the connection ends with
+// nothing sent.
+func expectRefused(t *testing.T, src, addr string) {
+	t.Helper()
+	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		if !isReset(err) {
+			t.Fatalf("dial from %s: %v, want success or a reset", src, err)
+		}
+		return
+	}
+	defer c.Close()
+	expectEOF(t, c)
+}
+
 // expectEOF asserts the gateway closes conn without sending a byte.
 func expectEOF(t *testing.T, conn net.Conn) {
 	t.Helper()

@@ -62,21 +62,22 @@ func (s *session) startRelay(bc *backendConn) {
 		s.bytesOut.Add(int64(len(backAhead)))
 		s.srv.m.toClient.Add(float64(len(backAhead)))
 	}
-	bc.conn.SetDeadline(time.Time{})
+	backend := bc.conn // the closures below must not keep bc, and with it its 4 KB reader
+	backend.SetDeadline(time.Time{})
 	s.conn.SetDeadline(time.Time{})
 	s.mu.Lock()
-	s.state, s.peer = stateRelaying, bc.conn
+	s.state, s.peer = stateRelaying, backend
 	s.mu.Unlock()
 	s.srv.m.sessions.WithLabelValues(statePreauth).Dec()
 	s.srv.m.sessions.WithLabelValues(stateRelaying).Inc()
 
 	var left atomic.Int32
 	left.Store(2)
-	up := s.newRelay(s.conn, bc.conn, &s.bytesIn, s.srv.m.toBackend)
-	down := s.newRelay(bc.conn, s.conn, &s.bytesOut, s.srv.m.toClient)
+	up := s.newRelay(s.conn, backend, &s.bytesIn, s.srv.m.toBackend)
+	down := s.newRelay(backend, s.conn, &s.bytesOut, s.srv.m.toClient)
 	finish := func() {
 		if left.Add(-1) == 0 {
-			s.relayEnded(bc.conn)
+			s.relayEnded(backend)
 		}
 	}
 	go func() { defer finish(); up.clientToBackend() }()

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -278,6 +279,9 @@ func saveNow(g *gateway) {
 func tryLoginFrom(from, addr, user, pass string) error {
 	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}, Timeout: 5 * time.Second}
 	raw, err := d.Dial("tcp", addr)
+	if errors.Is(err, syscall.ECONNRESET) {
+		return fmt.Errorf("refused: %w", err) // reset at accept, before connect completed
+	}
 	if err != nil {
 		return err
 	}

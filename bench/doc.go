@@ -1,0 +1,91 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// report is the whole markdown document: how it was made, where, and the numbers.
+func report(opt options, r *results, m machine, took time.Duration) string {
+	var b strings.Builder
+	b.WriteString("# Benchmarks: imapgw, HAProxy and nginx's mail proxy\n\n")
+	b.WriteString("Written by `make bench` (`go run ./bench -out docs/BENCHMARKS.md`); rerun it rather than edit.\n")
+	b.WriteString("Numbers drift from run to run by up to 30% on a shared machine: compare ratios\n")
+	b.WriteString("within one run, not absolute numbers between runs.\n\n")
+	b.WriteString("## Machine\n\n")
+	b.WriteString(m.table())
+	b.WriteString("\n## Setup\n\n")
+	b.WriteString(setup(opt, r, took))
+	b.WriteString("\n## Results\n\n")
+	fmt.Fprintf(&b, "Medians of %d round(s); ratios are imapgw over the other proxy in the same run\n", opt.rounds)
+	b.WriteString("(above 1 is better for imapgw on rates, below 1 on latency, CPU and memory).\n\n")
+	b.WriteString(comparisonTable(r))
+	b.WriteString("\n## A banned source flooding imapgw\n\n")
+	b.WriteString("Only imapgw: HAProxy cannot tell a failed login, and nginx leaves the decision to the\n")
+	b.WriteString("auth_http server one writes. The source failed 3 logins (`bans.source_failures = 3`) and\n")
+	b.WriteString("was banned; it then opens bare TCP connections as fast as it can, which imapgw closes\n")
+	b.WriteString("at accept, before any TLS. CPU is imapgw's user+system time over the measurement,\n")
+	b.WriteString("divided by the operations done.\n\n")
+	b.WriteString(floodTable(r))
+	b.WriteString("\n## Every round\n\n")
+	b.WriteString(roundsTable(r, opt.rounds))
+	b.WriteString("\n## Notes\n\n")
+	b.WriteString("- nginx at 8 clients is bound by a wait of about 40 ms per cycle, not by CPU: its\n")
+	b.WriteString("  mail proxy writes the two TLS 1.3 session tickets and the greeting as separate\n")
+	b.WriteString("  small writes on a socket without TCP_NODELAY, so the greeting waits for the\n")
+	b.WriteString("  client's delayed ACK (seen with strace on nginx 1.22). With 64 clients the waits\n")
+	b.WriteString("  overlap and CPU decides.\n")
+	if len(r.notes) == 0 {
+		b.WriteString("- No failed operations.\n")
+	}
+	for _, n := range r.notes {
+		b.WriteString("- " + n + "\n")
+	}
+	return b.String()
+}
+
+func setup(opt options, r *results, took time.Duration) string {
+	var b strings.Builder
+	b.WriteString("- Everything on loopback, on this one machine: the load generator and the backend\n")
+	b.WriteString("  (one Go process, `bench/loadgen` and `bench/backend`) share the cores with the proxy\n")
+	b.WriteString("  under test. The three proxies are started afresh for each round and measured in\n")
+	b.WriteString("  turn, one kind of measurement at a time, so that their runs of one kind are seconds\n")
+	b.WriteString("  apart; the order rotates from round to round.\n")
+	b.WriteString("- One ECDSA P-256 certificate for all. Every login cycle is a new connection with a\n")
+	b.WriteString("  full TLS handshake (no resumption): connect, handshake, greeting, LOGIN, LOGOUT.\n")
+	b.WriteString("  The client offers X25519 and P-256 only, so all three use the same key exchange.\n")
+	b.WriteString("  Negotiated:\n")
+	for _, p := range peerOrder {
+		if t, ok := r.tls[p]; ok {
+			fmt.Fprintf(&b, "  - %s: %s\n", p, t)
+		}
+	}
+	b.WriteString("- The backend accepts LOGIN and AUTHENTICATE PLAIN, answers IDLE, and serves every\n")
+	fmt.Fprintf(&b, "  FETCH from memory (a %d-byte message). imapgw logs in on the client's behalf\n", opt.message)
+	b.WriteString("  (AUTHENTICATE PLAIN with SASL-IR, after ID with the client's address); nginx asks its\n")
+	b.WriteString("  auth_http (an http block of the same nginx) and logs in with LOGIN literals; HAProxy\n")
+	b.WriteString("  relays the client's own LOGIN.\n")
+	b.WriteString("- Proxy settings are the defaults except what the bench needs: connection limits\n")
+	b.WriteString("  raised; imapgw with `log.level = \"warn\"` and the legitimate sources (127.0.0.1–8)\n")
+	b.WriteString("  outside `bans.allow`, so its policy runs on every connection; HAProxy with\n")
+	b.WriteString("  AES-128-GCM first among its TLS 1.3 suites (the others take it from the client);\n")
+	b.WriteString("  nginx with `worker_processes auto`.\n")
+	fmt.Fprintf(&b, "- Each timed measurement runs %v, after a %v warm-up. Relay throughput counts\n", opt.dur, opt.warmup)
+	b.WriteString("  whole FETCHes of the message over the time until the last one completed (MB = 10^6 bytes).\n")
+	fmt.Fprintf(&b, "- Idle memory: the proxy's resident memory (VmRSS summed over all its processes) with\n")
+	fmt.Fprintf(&b, "  %d logged-in sessions in IDLE, %v after the last one opened, minus the same before\n", opt.idle, opt.settle)
+	b.WriteString("  they opened, divided by their number. Measured first in each round, after the warm-up.\n")
+	if o := r.all("machine", "others"); len(o) > 0 {
+		mean, most := 0.0, 0.0
+		for _, v := range o {
+			mean += v / float64(len(o))
+			most = max(most, v)
+		}
+		fmt.Fprintf(&b, "- Other processes on the machine used %.2f cores on average during the timed\n", mean)
+		fmt.Fprintf(&b, "  measurements (at most %.2f): the more, the noisier the rates. Proxy CPU per\n", most)
+		b.WriteString("  cycle and per MB depend less on it than rates do.\n")
+	}
+	fmt.Fprintf(&b, "- The whole run took %v.\n", took.Round(time.Second))
+	return b.String()
+}

@@ -1,0 +1,91 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/imapgw/imapgw/bench/loadgen"
+)
+
+// floodWorkers is how many connections the banned source keeps in flight.
+const floodWorkers = 8
+
+// flood measures imapgw against a banned source: what a refusal costs next to
+// a full handshake, how many it refuses per second, and what the flood does to
+// a legitimate user's logins. The other proxies cannot tell a failed login, so
+// they have nothing to ban.
+func (b *bench) flood(g peer) error {
+	if err := g.start(); err != nil {
+		return fmt.Errorf("starting %s: %w", g.name(), err)
+	}
+	defer g.stop()
+	t := b.target(g)
+	loadgen.Loop(8, b.opt.warmup, t.LoginCycle)
+	if err := b.ban(g); err != nil {
+		return err
+	}
+	// Without the flood: the legitimate user's logins, then bare handshakes.
+	var base, hs loadgen.Stats
+	baseCPU := b.withCPU(g, "flood-base", func() { base = loadgen.Loop(8, b.opt.dur, t.LoginCycle) })
+	b.recordLogins(g.name(), "flood.base", base, baseCPU, 1)
+	hsCPU := b.withCPU(g, "flood-handshake", func() { hs = loadgen.Loop(8, b.opt.dur, t.Handshake) })
+	b.recordRate("flood.handshake", hs.Rate(), hsCPU, hs.Ops)
+
+	// The flood alone: refusals per second and their cost.
+	var alone loadgen.FloodStats
+	aloneCPU := b.withCPU(g, "flood-refusals", func() {
+		alone = loadgen.Flood(g.addr(), bannedSource, floodWorkers, b.opt.dur)
+	})
+	b.recordRate("flood.refusals", alone.Rate(), aloneCPU, alone.Refused)
+	b.floodErrors("flood alone", alone)
+
+	// Both at once.
+	done := make(chan loadgen.FloodStats)
+	go func() { done <- loadgen.Flood(g.addr(), bannedSource, floodWorkers, b.opt.dur) }()
+	during := loadgen.Loop(8, b.opt.dur, t.LoginCycle)
+	mixed := <-done
+	b.recordLogins(g.name(), "flood.during", during, 0, 1)
+	b.res.add(g.name(), "flood.refusals_during", mixed.Rate())
+	b.floodErrors("flood with legitimate load", mixed)
+	b.logf("flood: %.0f refusals/s alone, %.0f during legitimate load", alone.Rate(), mixed.Rate())
+	return nil
+}
+
+// recordRate keeps a rate and the peer's CPU per operation.
+func (b *bench) recordRate(key string, rate float64, cpu time.Duration, ops int) {
+	b.res.add(nameImapgw, key, rate)
+	if ops > 0 {
+		b.res.add(nameImapgw, key+".cpu", float64(cpu.Nanoseconds())/1e3/float64(ops))
+	}
+	b.logf("%-8s %-20s %9.0f/s  %8.2f µs CPU each", nameImapgw, key, rate, float64(cpu.Nanoseconds())/1e3/float64(max(ops, 1)))
+}
+
+func (b *bench) floodErrors(what string, f loadgen.FloodStats) {
+	if f.Errors > 0 {
+		b.res.note("imapgw %s: %d connections not refused or failed, first: %v", what, f.Errors, f.FirstErr)
+	}
+}
+
+// ban gets bannedSource banned the way an attacker does: failed logins
+// (bans.source_failures = 3, no delay), each on its own connection. It then
+// checks that a connection from there is refused before any TLS.
+func (b *bench) ban(g peer) error {
+	at := b.target(g, bannedSource)
+	for i := range 3 {
+		s, err := at.Open()
+		if err != nil {
+			return fmt.Errorf("banning %v: connection %d: %w", bannedSource, i+1, err)
+		}
+		err = s.Login(attackerUser, "wrong-"+strconv.Itoa(i))
+		s.Close()
+		if err == nil {
+			return errors.New("banning: a wrong password was accepted")
+		}
+	}
+	if err := loadgen.Refused(g.addr(), bannedSource); err != nil {
+		return fmt.Errorf("%v after 3 failed logins: %w", bannedSource, err)
+	}
+	return nil
+}

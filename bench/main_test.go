@@ -1,0 +1,117 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/imapgw/imapgw/conf"
+)
+
+// TestImapgwConfigLoads holds the generated config to the config contract:
+// conf.Load must accept it, with the settings the flood test relies on.
+func TestImapgwConfigLoads(t *testing.T) {
+	dir := t.TempDir()
+	e := &env{dir: dir, cert: certFiles{cert: "/c.pem", key: "/k.pem"}, backend: "127.0.0.1:1143", maxConns: 21024, fdLimit: 20000}
+	path := filepath.Join(dir, "imapgw.toml")
+	if err := os.WriteFile(path, []byte(imapgwConfig(e, dir, 1993)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := conf.Load(path)
+	if err != nil {
+		t.Fatalf("conf.Load(generated config) = %v", err)
+	}
+	checks := []struct {
+		what      string
+		got, want any
+	}{
+		{"listen address", c.Listen[0].Address, "127.0.0.1:1993"},
+		{"bans.allow", len(c.Bans.Allow), 0},
+		{"bans.source_failures", c.Bans.SourceFailures, 3},
+		{"bans.failure_delay", c.Bans.FailureDelay.Duration.String(), "0s"},
+		{"backend.servers", c.Backend.Servers[0], "127.0.0.1:1143"},
+		{"limits.max_connections_per_source", c.Limits.MaxConnectionsPerSource, 21024},
+		{"admin.address", c.Admin.Address, ""},
+		{"tls.certificate", c.TLS.Certificate, conf.CertFiles},
+	}
+	for _, ck := range checks {
+		if ck.got != ck.want {
+			t.Errorf("config %s = %v, want %v", ck.what, ck.got, ck.want)
+		}
+	}
+}
+
+func TestMedian(t *testing.T) {
+	tests := []struct {
+		in     []float64
+		want   float64
+		wantOK bool
+	}{
+		{[]float64{3, 1, 2}, 2, true},
+		{[]float64{4, 1, 3, 2}, 2.5, true},
+		{[]float64{7}, 7, true},
+		{nil, 0, false},
+	}
+	for _, tt := range tests {
+		got, ok := median(tt.in)
+		if got != tt.want || ok != tt.wantOK {
+			t.Errorf("median(%v) = %v, %v, want %v, %v", tt.in, got, ok, tt.want, tt.wantOK)
+		}
+	}
+}
+
+func TestTargetCell(t *testing.T) {
+	rate := row{target: 1.1}
+	mem := row{target: 1.0, lowerBetter: true}
+	tests := []struct {
+		w    row
+		got  float64
+		ok   bool
+		want string
+	}{
+		{rate, 1.2, true, "≥ 1.1×: met"},
+		{rate, 1.05, true, "≥ 1.1×: **missed**"},
+		{rate, 0, false, "≥ 1.1×: not measured"},
+		{mem, 0.9, true, "< 1.0×: met"},
+		{mem, 1.0, true, "< 1.0×: **missed**"},
+		{row{}, 3, true, ""},
+	}
+	for _, tt := range tests {
+		if got := targetCell(tt.w, tt.got, tt.ok); got != tt.want {
+			t.Errorf("targetCell(%+v, %v, %v) = %q, want %q", tt.w, tt.got, tt.ok, got, tt.want)
+		}
+	}
+}
+
+func TestComparisonTableRatios(t *testing.T) {
+	r := newResults()
+	for _, v := range []float64{100, 120, 110} {
+		r.add(nameImapgw, "login8", v)
+	}
+	r.add(nameHAProxy, "login8", 100)
+	r.add(nameNginx, "login8", 20)
+	table := comparisonTable(r)
+	want := "| login cycles/s, 8 clients | 110 | 100 | 20 | 1.10× | 5.50× | ≥ 1.1×: met |"
+	if !strings.Contains(table, want) {
+		t.Fatalf("comparisonTable() lacks %q:\n%s", want, table)
+	}
+}
+
+func TestTreeUsageOfSelf(t *testing.T) {
+	u, err := treeUsage(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.rssKB <= 0 {
+		t.Fatalf("treeUsage(self).rssKB = %d, want > 0", u.rssKB)
+	}
+}
+
+func TestMessageSize(t *testing.T) {
+	for _, size := range []int{0, 10, 1000, 16 << 20} {
+		if got := len(message(size)); got != size {
+			t.Errorf("len(message(%d)) = %d, want %d", size, got, size)
+		}
+	}
+}

@@ -1,0 +1,246 @@
+package main
+
+import (
+	"crypto/tls"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/imapgw/imapgw/bench/backend"
+	"github.com/imapgw/imapgw/bench/loadgen"
+)
+
+// Credentials of the one account; the flood test's attacker uses another.
+const (
+	benchUser     = "bench"
+	benchPassword = "bench-secret-1"
+	attackerUser  = "attacker"
+)
+
+// bannedSource floods in the ban test. It is outside legitSources, so its ban
+// touches no legitimate client.
+var bannedSource = netip.MustParseAddr("127.0.0.99")
+
+// legitSources spread the legitimate load over 8 addresses, as 8 different
+// clients would come from; none of them is in imapgw's bans.allow.
+func legitSources() []netip.Addr {
+	var out []netip.Addr
+	for i := range 8 {
+		out = append(out, netip.AddrFrom4([4]byte{127, 0, 0, byte(1 + i)}))
+	}
+	return out
+}
+
+// clientTLS is every load-generator connection's TLS: TLS 1.3 by default, no
+// session cache (every cycle pays a full handshake), and X25519 then P-256 only,
+// because Go would otherwise offer the hybrid X25519MLKEM768 first, which the
+// Go gateway accepts and Debian's OpenSSL 3.0 does not: the key exchange must be
+// the same for all. The certificate is not verified: it is ours, and checking
+// it would only add load-generator CPU on the same two cores.
+func clientTLS() *tls.Config {
+	return &tls.Config{
+		ServerName:         benchHost,
+		InsecureSkipVerify: true,
+		CurvePreferences:   []tls.CurveID{tls.X25519, tls.CurveP256},
+	}
+}
+
+// bench runs the measurements and collects their results.
+type bench struct {
+	opt     options
+	res     *results
+	backend *backend.Server
+}
+
+func (b *bench) target(p peer, sources ...netip.Addr) *loadgen.Target {
+	if len(sources) == 0 {
+		sources = legitSources()
+	}
+	return &loadgen.Target{
+		Addr: p.addr(), TLS: clientTLS(), Sources: sources,
+		User: benchUser, Password: benchPassword, Timeout: 15 * time.Second,
+	}
+}
+
+func (b *bench) logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...)
+}
+
+// round starts every peer afresh and measures them in the given order, one
+// measurement kind at a time: the peers' runs of one kind are seconds apart, so
+// a change in the machine's other load hits them alike. Idle memory comes first
+// (its "before" is a warmed-up process that has not yet served a big relay).
+func (b *bench) round(order []peer, round int) error {
+	for _, p := range order {
+		if err := p.start(); err != nil {
+			return fmt.Errorf("starting %s: %w", p.name(), err)
+		}
+		defer p.stop()
+	}
+	targets := map[peer]*loadgen.Target{}
+	for _, p := range order {
+		targets[p] = b.target(p)
+		if err := b.probe(p, targets[p]); err != nil {
+			return err
+		}
+		loadgen.Loop(8, b.opt.warmup, targets[p].LoginCycle)
+	}
+	for _, p := range order {
+		if err := b.idleMemory(p, targets[p], round); err != nil {
+			b.res.note("%s round %d: idle sessions: %v", p.name(), round, err)
+		}
+	}
+	for _, c := range []int{8, 64} {
+		for _, p := range order {
+			b.logins(p, targets[p], c, round)
+		}
+	}
+	for _, n := range []int{2, 8} {
+		for _, p := range order {
+			b.relay(p, targets[p], n, round)
+		}
+	}
+	return nil
+}
+
+// probe records the negotiated TLS parameters, which must be the same for all.
+func (b *bench) probe(p peer, t *loadgen.Target) error {
+	s, err := t.Open()
+	if err != nil {
+		return fmt.Errorf("%s: first connection: %w", p.name(), err)
+	}
+	defer s.Close()
+	st := s.TLSState()
+	b.res.setTLS(p.name(), fmt.Sprintf("%s, %s, %s", tls.VersionName(st.Version), tls.CipherSuiteName(st.CipherSuite), st.CurveID))
+	return nil
+}
+
+func (b *bench) logins(p peer, t *loadgen.Target, clients, round int) {
+	key := fmt.Sprintf("login%d", clients)
+	var st loadgen.Stats
+	cpu := b.withCPU(p, fmt.Sprintf("r%d-%s", round, key), func() { st = loadgen.Loop(clients, b.opt.dur, t.LoginCycle) })
+	b.recordLogins(p.name(), key, st, cpu, round)
+}
+
+func (b *bench) recordLogins(name, key string, st loadgen.Stats, cpu time.Duration, round int) {
+	b.res.add(name, key, st.Rate())
+	b.res.add(name, key+".p50", ms(st.Percentile(0.50)))
+	b.res.add(name, key+".p99", ms(st.Percentile(0.99)))
+	if st.Ops > 0 {
+		b.res.add(name, key+".cpu", float64(cpu.Microseconds())/float64(st.Ops))
+	}
+	if st.Errors > 0 {
+		b.res.note("%s round %d %s: %d failed cycles, first: %v", name, round, key, st.Errors, st.FirstErr)
+	}
+	b.logf("%-8s round %d %-8s %7.0f cycles/s  p50 %6.2f ms  p99 %6.2f ms  errors %d", name, round, key,
+		st.Rate(), ms(st.Percentile(0.5)), ms(st.Percentile(0.99)), st.Errors)
+}
+
+// withCPU runs f and returns the CPU time the peer's processes spent meanwhile,
+// recording imapgw with perf when -perf is set. It logs the load generator's
+// own share, which shows when it is the bottleneck.
+func (b *bench) withCPU(p peer, key string, f func()) time.Duration {
+	stopPerf := b.perf(p, key)
+	u0, _ := treeUsage(p.pid())
+	s0, _ := readStat(os.Getpid())
+	m0, _ := machineBusy()
+	t0 := time.Now()
+	f()
+	wall := time.Since(t0)
+	u1, _ := treeUsage(p.pid())
+	s1, _ := readStat(os.Getpid())
+	m1, _ := machineBusy()
+	stopPerf()
+	cores := func(d time.Duration) float64 { return d.Seconds() / wall.Seconds() }
+	proxy, gen := cores(u1.cpu-u0.cpu), cores(s1.cpu-s0.cpu)
+	others := max(0, cores(m1-m0)-proxy-gen)
+	b.res.add("machine", "others", others)
+	b.logf("%-8s %-20s CPU over %v: proxy %.2f cores, load generator and backend %.2f, other processes %.2f",
+		p.name(), key, wall.Round(time.Millisecond), proxy, gen, others)
+	return u1.cpu - u0.cpu
+}
+
+// perf starts `perf record` on imapgw when -perf is set; the returned func
+// stops it and writes a flat profile next to the data.
+func (b *bench) perf(p peer, key string) (stop func()) {
+	if b.opt.perfDir == "" || p.name() != nameImapgw {
+		return func() {}
+	}
+	data := filepath.Join(b.opt.perfDir, key+".perf.data")
+	rec, err := startProc(data+".log", "perf", "record", "-F", "999", "-g", "-p", strconv.Itoa(p.pid()), "-o", data)
+	if err != nil {
+		b.res.note("perf: %v", err)
+		return func() {}
+	}
+	return func() {
+		rec.stop(syscall.SIGINT)
+		out, err := exec.Command("perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "dso,symbol",
+			"--percent-limit", "0.7", "-g", "none").Output()
+		if err != nil {
+			b.res.note("perf report %s: %v", data, err)
+		}
+		os.WriteFile(filepath.Join(b.opt.perfDir, key+".txt"), out, 0o644)
+	}
+}
+
+func (b *bench) relay(p peer, t *loadgen.Target, sessions, round int) {
+	key := fmt.Sprintf("relay%d", sessions)
+	var (
+		st  loadgen.RelayStats
+		err error
+	)
+	cpu := b.withCPU(p, fmt.Sprintf("r%d-%s", round, key), func() { st, err = loadgen.Relay(t, sessions, b.opt.dur) })
+	if err != nil {
+		b.res.note("%s round %d %s: %v", p.name(), round, key, err)
+		return
+	}
+	b.res.add(p.name(), key, st.MBps())
+	if st.Bytes > 0 {
+		b.res.add(p.name(), key+".cpu", float64(cpu.Microseconds())/(float64(st.Bytes)/1e6))
+	}
+	b.logf("%-8s round %d %-8s %7.0f MB/s (%d fetches)", p.name(), round, key, st.MBps(), st.Fetches)
+}
+
+// idleMemory opens the idle sessions and charges the growth of the peer's
+// resident memory to them. The settle pause lets every process finish the work
+// of the last logins (and a Go runtime its background scavenging), equally for all.
+func (b *bench) idleMemory(p peer, t *loadgen.Target, round int) error {
+	before, err := treeUsage(p.pid())
+	if err != nil {
+		return err
+	}
+	t0 := time.Now()
+	set, err := loadgen.OpenIdle(t, b.opt.idle, 32)
+	if err != nil {
+		return err
+	}
+	opened := time.Since(t0)
+	time.Sleep(b.opt.settle)
+	after, err := treeUsage(p.pid())
+	set.Close()
+	if err != nil {
+		return err
+	}
+	perKB := float64(after.rssKB-before.rssKB) / float64(b.opt.idle)
+	b.res.add(p.name(), "idle", perKB)
+	b.logf("%-8s round %d idle     %7.1f KB/session (RSS %d → %d kB; %d sessions opened in %v)",
+		p.name(), round, perKB, before.rssKB, after.rssKB, b.opt.idle, opened.Round(time.Millisecond))
+	b.waitBackendIdle()
+	return nil
+}
+
+// waitBackendIdle waits for the proxy to have closed its backend connections,
+// so the next measurement does not pay for this one's teardown.
+func (b *bench) waitBackendIdle() {
+	deadline := time.Now().Add(15 * time.Second)
+	for b.backend.Sessions() > 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
