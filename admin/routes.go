@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/http"
+	"net/http/pprof"
 	"slices"
 	"strings"
 
@@ -34,6 +35,9 @@ func (s *Server) table() []route {
 		{"GET", "/api/v1/sessions", false, s.sessions},
 		{"GET", "/api/v1/stats", false, s.stats},
 		{"POST", "/api/v1/reload", false, s.reload},
+		// Go's profiler, behind the token: heap and CPU profiles of a live gateway
+		// are how its memory per session and its CPU are explained.
+		{"GET", "/debug/pprof/{name...}", false, profiles},
 	}
 }
 
@@ -59,6 +63,19 @@ func (s *Server) routes() http.Handler {
 		writeError(w, http.StatusNotFound, "no such route: "+r.URL.Path)
 	}))
 	return mux
+}
+
+// profiles serves net/http/pprof: the index and named profiles, and the CPU
+// profile and execution trace, which have handlers of their own.
+func profiles(w http.ResponseWriter, r *http.Request) {
+	switch r.PathValue("name") {
+	case "profile":
+		pprof.Profile(w, r)
+	case "trace":
+		pprof.Trace(w, r)
+	default:
+		pprof.Index(w, r)
+	}
 }
 
 func methodNotAllowed(methods []string) http.HandlerFunc {

@@ -139,6 +139,9 @@ func TestAuth(t *testing.T) {
 		{"POST", "/api/v1/reload", "", 401},
 		{"PUT", "/api/v1/bans", "", 401}, // no hint of the API to strangers
 		{"GET", "/nope", "", 401},
+		{"GET", "/debug/pprof/heap", "", 401},
+		{"GET", "/debug/pprof/heap", good, 200},
+		{"GET", "/debug/pprof/", good, 200},
 	}
 	for _, tt := range tests {
 		code, h, body := f.call(t, tt.method, tt.path, tt.auth, "")
