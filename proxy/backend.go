@@ -265,7 +265,7 @@ func (s *session) replayLogin(bs *backendSettings, bc *backendConn, c creds) log
 		if bc.has("ID") {
 			chunks[0] = s.idCommand() + chunks[0]
 		} else {
-			s.log.Warn("backend does not advertise ID: the client's address is not passed on (set backend.client_ip)")
+			s.logger().Warn("backend does not advertise ID: the client's address is not passed on (set backend.client_ip)")
 		}
 	}
 	bc.conn.SetDeadline(time.Now().Add(bs.timeout))

@@ -123,7 +123,7 @@ func (s *session) logAuth(c creds, backend, outcome, reason string, start time.T
 		args = append(args, "reason", sanitize(reason, 256))
 	}
 	args = append(args, "duration", time.Since(start).Round(time.Microsecond))
-	s.log.Info("auth", args...)
+	s.logger().Info("auth", args...)
 }
 
 // loginMetric folds outcomes into imapgw_logins_total's label values.

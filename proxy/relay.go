@@ -70,6 +70,7 @@ func (s *session) startRelay(bc *backendConn) {
 	s.mu.Unlock()
 	s.srv.m.sessions.WithLabelValues(statePreauth).Dec()
 	s.srv.m.sessions.WithLabelValues(stateRelaying).Inc()
+	s.srv.sessionStarted()
 
 	var left atomic.Int32
 	left.Store(2)
@@ -95,7 +96,7 @@ func (s *session) relayEnded(backend net.Conn) {
 	backend.Close()
 	s.conn.Close()
 	s.srv.m.sessions.WithLabelValues(stateRelaying).Dec()
-	s.log.Info("session ended", "user", sanitize(s.user, 256), "bytes_in", s.bytesIn.Load(), "bytes_out", s.bytesOut.Load(),
+	s.logger().Info("session ended", "user", sanitize(s.user, 256), "bytes_in", s.bytesIn.Load(), "bytes_out", s.bytesOut.Load(),
 		"duration", time.Since(s.since).Round(time.Millisecond))
 	s.end()
 }

@@ -122,7 +122,7 @@ func sanitize(s string, max int) string {
 	}, s)
 }
 
+var quoter = strings.NewReplacer(`\`, `\\`, `"`, `\"`)
+
 // quoteIMAP returns s as an IMAP quoted string.
-func quoteIMAP(s string) string {
-	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`
-}
+func quoteIMAP(s string) string { return `"` + quoter.Replace(s) + `"` }

@@ -67,7 +67,8 @@ type Server struct {
 	closing   bool
 	ctx       context.Context // cancelled when the server shuts down: ends pre-auth waits
 	cancel    context.CancelFunc
-	wg        sync.WaitGroup // accept loops and sessions
+	wg        sync.WaitGroup // accept loops, sessions and the trimmer
+	started   atomic.Uint64  // sessions started, for the trimmer
 }
 
 // New prepares a server; Start opens its listeners.
@@ -101,7 +102,12 @@ func (s *Server) Config() *conf.Config { return s.cfg.Load() }
 
 // Start opens every configured listener and serves them in the background.
 func (s *Server) Start() error {
-	return s.syncListeners(s.Config().Listen)
+	if err := s.syncListeners(s.Config().Listen); err != nil {
+		return err
+	}
+	s.wg.Add(1)
+	go s.trimLoop()
+	return nil
 }
 
 // Update applies a reloaded configuration: new sessions use it, listeners are

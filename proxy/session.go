@@ -55,7 +55,6 @@ type session struct {
 	client  netip.AddrPort
 	since   time.Time
 	release func()
-	log     *slog.Logger
 
 	rd       *imapwire.Reader
 	tls      bool
@@ -77,8 +76,13 @@ func newSession(srv *Server, lc *conf.Listen, raw, c net.Conn, client netip.Addr
 	return &session{
 		srv: srv, cfg: srv.Config(), lc: lc, id: id, raw: raw, conn: c, client: client,
 		since: time.Now(), release: release, state: statePreauth, first: true,
-		log: srv.log.With("session", id, "client", client.String()),
 	}
+}
+
+// logger returns the server's logger with the session's id and client. It is
+// built per line, not kept: an idle session should hold no more than it must.
+func (s *session) logger() *slog.Logger {
+	return s.srv.log.With("session", s.id, "client", s.client.String())
 }
 
 func newID() string {
@@ -159,7 +163,7 @@ func (s *session) handshake() error {
 	ctx, cancel := context.WithTimeout(s.srv.ctx, s.cfg.Limits.PreauthTimeout.Duration)
 	defer cancel()
 	if err := tc.HandshakeContext(ctx); err != nil {
-		s.log.Debug("TLS handshake failed", "err", err)
+		s.logger().Debug("TLS handshake failed", "err", err)
 		return err
 	}
 	s.conn, s.tls = tc, true
@@ -238,7 +242,7 @@ func (s *session) loop() bool {
 		s.first = false
 		if first && !isIMAPCommand(cmd.Name) {
 			s.bye("This is an IMAP server")
-			s.log.Info("not IMAP: closed", "command", sanitize(cmd.Name, 32))
+			s.logger().Info("not IMAP: closed", "command", sanitize(cmd.Name, 32))
 			return false
 		}
 		next, done := s.dispatch(cmd)
@@ -267,7 +271,7 @@ func (s *session) readFailed(err error) bool {
 			// Not IMAP at all (an HTTP request, TLS bytes on the plain port) or a
 			// line with no tag: there is nothing to answer but BYE.
 			s.bye("This is an IMAP server")
-			s.log.Info("not IMAP: closed", "err", se.Msg)
+			s.logger().Info("not IMAP: closed", "err", se.Msg)
 			return true
 		}
 		s.writef("%s BAD %s\r\n", se.Tag, se.Msg)
@@ -327,7 +331,7 @@ func (s *session) startTLS(cmd *imapwire.Command) bool {
 		return true
 	}
 	if n := s.rd.Buffered(); n > 0 {
-		s.log.Warn("bytes pipelined after STARTTLS discarded", "bytes", n)
+		s.logger().Warn("bytes pipelined after STARTTLS discarded", "bytes", n)
 	}
 	if err := s.writef("%s OK Begin TLS negotiation now\r\n", cmd.Tag); err != nil {
 		return false
