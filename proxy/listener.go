@@ -2,7 +2,9 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"net/netip"
 	"sync/atomic"
@@ -12,6 +14,10 @@ import (
 	"github.com/imapgw/imapgw/limiter"
 	proxyproto "github.com/pires/go-proxyproto"
 )
+
+// keepAlive finds clients that vanished without a FIN (a phone leaving
+// coverage) well before idle_timeout; these are Go's defaults.
+var keepAlive = net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 15 * time.Second, Count: 9}
 
 type listener struct {
 	ln  net.Listener
@@ -28,10 +34,7 @@ func (l *listener) serve() {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
-			// EMFILE and friends: wait a little instead of spinning.
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			l.srv.log.Warn("accept failed", "address", l.ln.Addr().String(), "err", err, "retry_in", backoff)
-			time.Sleep(backoff)
+			backoff = l.acceptFailed(err, backoff)
 			continue
 		}
 		backoff = 0
@@ -45,9 +48,17 @@ func (l *listener) serve() {
 	}
 }
 
+// acceptFailed waits a little after EMFILE and friends instead of spinning,
+// and returns the next wait.
+func (l *listener) acceptFailed(err error, backoff time.Duration) time.Duration {
+	backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+	l.srv.log.Warn("accept failed", "address", l.ln.Addr().String(), "err", err, "retry_in", backoff)
+	time.Sleep(backoff)
+	return backoff
+}
+
 // admit applies the connection limits before any TLS work and starts the session.
 func (l *listener) admit(raw, c net.Conn, client netip.AddrPort) {
-	lc := l.cfg.Load()
 	release, err := l.srv.policy.Admit(client.Addr())
 	if err != nil {
 		// A reset rather than an orderly close: no FIN exchange, no TIME_WAIT,
@@ -56,10 +67,28 @@ func (l *listener) admit(raw, c net.Conn, client netip.AddrPort) {
 			tc.SetLinger(0)
 		}
 		raw.Close()
-		l.srv.m.connections.WithLabelValues(lc.Address, refusalOutcome(err)).Inc()
-		l.srv.log.Debug("connection refused", "client", client.String(), "listener", lc.Address, "reason", err.Error())
+		l.refused(client, err)
 		return
 	}
+	l.start(raw, c, client, release)
+}
+
+// refused counts and (at debug level) logs a connection refused at accept.
+func (l *listener) refused(client netip.AddrPort, err error) {
+	addr := l.cfg.Load().Address
+	l.srv.m.connections.WithLabelValues(addr, refusalOutcome(err)).Inc()
+	if l.srv.log.Enabled(context.Background(), slog.LevelDebug) {
+		l.srv.log.Debug("connection refused", "client", client.String(), "listener", addr, "reason", err.Error())
+	}
+}
+
+// start runs a session on an admitted connection. Keep-alive is set here, not
+// by the listener: refused connections need no setsockopt calls.
+func (l *listener) start(raw, c net.Conn, client netip.AddrPort, release func()) {
+	if tc, ok := raw.(*net.TCPConn); ok {
+		tc.SetKeepAliveConfig(keepAlive)
+	}
+	lc := l.cfg.Load()
 	l.srv.m.connections.WithLabelValues(lc.Address, "accepted").Inc()
 	ss := newSession(l.srv, lc, raw, c, client, release)
 	if !l.srv.track(ss) {

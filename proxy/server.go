@@ -138,6 +138,10 @@ func (s *Server) Addrs() []net.Addr {
 	return out
 }
 
+// listenConfig leaves keep-alive off at accept; start turns it on for admitted
+// connections only.
+var listenConfig = net.ListenConfig{KeepAlive: -1}
+
 // syncListeners opens the listeners in want that are not open and closes those
 // no longer wanted. Opening is all or nothing.
 func (s *Server) syncListeners(want []conf.Listen) error {
@@ -154,7 +158,7 @@ func (s *Server) syncListeners(want []conf.Listen) error {
 			l.cfg.Store(&lc)
 			continue
 		}
-		ln, err := net.Listen("tcp", lc.Address)
+		ln, err := listenConfig.Listen(context.Background(), "tcp", lc.Address)
 		if err != nil {
 			for _, o := range opened {
 				o.ln.Close()
