@@ -163,7 +163,9 @@ func (s *session) handshake() error {
 	ctx, cancel := context.WithTimeout(s.srv.ctx, s.cfg.Limits.PreauthTimeout.Duration)
 	defer cancel()
 	if err := tc.HandshakeContext(ctx); err != nil {
-		s.logger().Debug("TLS handshake failed", "err", err)
+		if s.srv.log.Enabled(ctx, slog.LevelDebug) { // a flood of TLS garbage must not pay for the logger
+			s.logger().Debug("TLS handshake failed", "err", err)
+		}
 		return err
 	}
 	s.conn, s.tls = tc, true
