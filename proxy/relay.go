@@ -43,31 +43,14 @@ func (s *session) startRelay(bc *backendConn) {
 	ahead := s.rd.BufferedBytes()
 	backAhead, _ := bc.br.Peek(bc.br.Buffered())
 	s.rd = nil
-	idle := s.cfg.Limits.IdleTimeout.Duration
-	if len(ahead) > 0 {
-		bc.conn.SetWriteDeadline(time.Now().Add(idle))
-		if _, err := bc.conn.Write(ahead); err != nil {
-			bc.conn.Close()
-			s.raw.Close()
-		}
-		s.bytesIn.Add(int64(len(ahead)))
-		s.srv.m.toBackend.Add(float64(len(ahead)))
-	}
-	if len(backAhead) > 0 {
-		s.conn.SetWriteDeadline(time.Now().Add(idle))
-		if _, err := s.conn.Write(backAhead); err != nil {
-			bc.conn.Close()
-			s.raw.Close()
-		}
-		s.bytesOut.Add(int64(len(backAhead)))
-		s.srv.m.toClient.Add(float64(len(backAhead)))
-	}
 	backend := bc.conn // the closures below must not keep bc, and with it its 4 KB reader
-	backend.SetDeadline(time.Time{})
-	s.conn.SetDeadline(time.Time{})
 	s.mu.Lock()
 	s.state, s.peer = stateRelaying, backend
 	s.mu.Unlock()
+	s.sendAhead(backend, ahead, &s.bytesIn, s.srv.m.toBackend)
+	s.sendAhead(s.conn, backAhead, &s.bytesOut, s.srv.m.toClient)
+	backend.SetDeadline(time.Time{})
+	s.conn.SetDeadline(time.Time{})
 	s.srv.m.sessions.WithLabelValues(statePreauth).Dec()
 	s.srv.m.sessions.WithLabelValues(stateRelaying).Inc()
 	s.srv.sessionStarted()
@@ -85,8 +68,23 @@ func (s *session) startRelay(bc *backendConn) {
 	go func() { defer finish(); down.backendToClient() }()
 }
 
+// sendAhead writes bytes read ahead during the login to dst. A failure closes
+// both sides; the relay then starts and ends at once.
+func (s *session) sendAhead(dst net.Conn, b []byte, count *atomic.Int64, metric prometheus.Counter) {
+	if len(b) == 0 {
+		return
+	}
+	dst.SetWriteDeadline(time.Now().Add(s.cfg.Limits.IdleTimeout.Duration))
+	if _, err := dst.Write(b); err != nil {
+		s.closeNow()
+		return
+	}
+	count.Add(int64(len(b)))
+	metric.Add(float64(len(b)))
+}
+
 func (s *session) newRelay(src, dst net.Conn, count *atomic.Int64, metric prometheus.Counter) *relay {
-	r := &relay{s: s, src: src, dst: dst, count: count, metric: metric, pending: func() int { return 0 }}
+	r := &relay{s: s, src: src, dst: dst, count: count, metric: metric}
 	r.raw, r.pending = rawConn(src)
 	_, r.tls = src.(*tls.Conn)
 	return r
