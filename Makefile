@@ -35,6 +35,7 @@ build:
 # cannot reorder them; the first failure stops make with a non-zero status.
 test:
 	bash scripts/deps.sh
+	$(GO) mod tidy -diff
 	$(GO) vet ./...
 	$(gofmt_check)
 	$(GO) test -race -count=1 -timeout 30m ./...
