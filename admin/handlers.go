@@ -39,14 +39,19 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
-	if !s.ready() {
+	switch {
+	case s.draining():
+		writeError(w, http.StatusServiceUnavailable, "not ready: draining, shutting down")
+	case !s.ready():
 		writeError(w, http.StatusServiceUnavailable, "not ready: no valid certificate loaded")
-		return
+	default:
+		writeJSON(w, http.StatusOK, Status{"ready"})
 	}
-	writeJSON(w, http.StatusOK, Status{"ready"})
 }
 
-func (s *Server) ready() bool { return s.o.Ready == nil || s.o.Ready() }
+func (s *Server) ready() bool { return !s.draining() && (s.o.Ready == nil || s.o.Ready()) }
+
+func (s *Server) draining() bool { return s.o.Draining != nil && s.o.Draining() }
 
 func (s *Server) listBans(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, nonNil(s.o.Bans.Bans()))

@@ -76,6 +76,10 @@ type Options struct {
 	// Ready reports whether a certificate is loaded; /readyz answers 503 until
 	// it does. nil: always ready.
 	Ready func() bool
+	// Draining reports whether the gateway is shutting down: /readyz then
+	// answers 503 whatever Ready says, so that load balancers stop sending
+	// clients while sessions drain. nil: never.
+	Draining func() bool
 	// Reload re-reads and applies the config file, as SIGHUP. nil: the route
 	// answers 500.
 	Reload func() error

@@ -40,6 +40,7 @@ func (g *gateway) newAdmin(a conf.Admin) (*admin.Server, error) {
 		Sessions: admin.SessionsFunc(g.sessions),
 		Certs:    g.certs.Certificates,
 		Ready:    g.certs.Ready,
+		Draining: g.draining.Load,
 		Reload:   g.reload,
 		Logger:   g.log.With("part", "admin"),
 	})

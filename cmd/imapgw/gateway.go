@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/imapgw/imapgw/acme"
@@ -31,6 +32,9 @@ type gateway struct {
 
 	mu  sync.Mutex // serializes reloads
 	cfg *conf.Config
+
+	// draining is set at the start of shutdown: /readyz answers 503 from then on.
+	draining atomic.Bool
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -137,7 +141,10 @@ func (g *gateway) reload() error {
 
 // shutdown drains sessions, then stops the background loops (which save state).
 func (g *gateway) shutdown() {
-	g.log.Info("shutting down", "drain_timeout", g.cfg.Server.DrainTimeout.Duration)
+	// Not ready before the listeners close (issue 10): a load balancer stops
+	// sending new clients to a node that is leaving, while its sessions drain.
+	g.draining.Store(true)
+	g.log.Info("shutting down: not ready: draining", "drain_timeout", g.cfg.Server.DrainTimeout.Duration)
 	ctx, cancel := context.WithTimeout(context.Background(), g.cfg.Server.DrainTimeout.Duration+10*time.Second)
 	defer cancel()
 	g.srv.Shutdown(ctx)
