@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/signal"
 	"time"
 
 	"github.com/imapgw/imapgw/conf"
@@ -40,6 +41,8 @@ func runDemo(args []string, stdout, stderr io.Writer, stop <-chan struct{}) int 
 	defer os.RemoveAll(state)
 	cfg := demoConfig(be.Addr, *implicit, *starttls, state)
 	cfg.Admin.Address = *adminAddr
+	sigs := notifySignals()
+	defer signal.Stop(sigs)
 	g, err := startGateway(cfg, "", stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "imapgw demo:", err)
@@ -57,7 +60,7 @@ func runDemo(args []string, stdout, stderr io.Writer, stop <-chan struct{}) int 
 
 The certificate is self-signed (hence -k). Ctrl-C stops.
 `, *implicit, *starttls, cfg.Admin.Address, port(*implicit))
-	return g.serveUntil(stop)
+	return g.serveUntil(sigs, stop)
 }
 
 func demoConfig(backend, implicit, starttls, state string) *conf.Config {

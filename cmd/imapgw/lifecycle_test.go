@@ -7,6 +7,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/imapgw/imapgw/limiter"
 )
 
 // TestReadyzWhileDraining: after SIGTERM, `imapgw run` answers 503 on /readyz
@@ -75,4 +77,85 @@ func TestReadyzWhileDraining(t *testing.T) {
 	if _, _, err := p.get("/healthz"); err == nil {
 		t.Errorf("GET /healthz after exit answered; want the endpoint gone")
 	}
+}
+
+// TestSIGHUP: `imapgw run` re-reads its file on SIGHUP and applies it (a new
+// bans.ban, seen as the default length of a ban added through the admin API)
+// while a session opened before goes on; a file made invalid is refused on
+// the next SIGHUP with a log line naming the file and key, and the running
+// configuration keeps serving.
+func TestSIGHUP(t *testing.T) {
+	be := startDemoBackend(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "imapgw.toml")
+	c := procConfig{backend: be.Addr, state: filepath.Join(dir, "state"), drain: "5s", bans: `ban = "15m"`}
+	c.write(t, path)
+	p := startProcess(t, path)
+	s, err := openSession(p.imaps, nil)
+	if err != nil {
+		t.Fatalf("login before SIGHUP: %v", err)
+	}
+	defer s.conn.Close()
+	wantBanFor(t, p, "192.0.2.1", 15*time.Minute)
+
+	c.bans = `ban = "2h"`
+	c.write(t, path)
+	p.signal(t, syscall.SIGHUP)
+	p.waitLog(t, "configuration reloaded", 1)
+	wantBanFor(t, p, "192.0.2.2", 2*time.Hour)
+
+	c.bans = `ban = "soon"`
+	c.write(t, path)
+	p.signal(t, syscall.SIGHUP)
+	p.waitLog(t, "reload rejected", 1)
+	line := logLine(p.logs.String(), "reload rejected")
+	if !strings.Contains(line, path) || !strings.Contains(line, "bans.ban") || !strings.Contains(line, "level=ERROR") {
+		t.Errorf("the rejected reload's log line = %q, want an error naming %s and bans.ban", line, path)
+	}
+	wantBanFor(t, p, "192.0.2.3", 2*time.Hour) // the running configuration stays
+	if n := strings.Count(p.logs.String(), "configuration reloaded"); n != 1 {
+		t.Errorf("%d \"configuration reloaded\" lines after one good and one bad SIGHUP, want 1", n)
+	}
+
+	if err := s.cmd("NOOP"); err != nil {
+		t.Errorf("NOOP of the session opened before both SIGHUPs: %v", err)
+	}
+	if err := s.logout(); err != nil {
+		t.Errorf("LOGOUT after both SIGHUPs: %v", err)
+	}
+	if err := tryLoginFrom("127.0.0.1", p.imaps, "demo", "demo"); err != nil {
+		t.Errorf("a new login after the rejected reload: %v", err)
+	}
+	if code, _, err := p.get("/readyz"); code != 200 {
+		t.Errorf("GET /readyz after the rejected reload = %d %v, want 200", code, err)
+	}
+	p.signal(t, syscall.SIGTERM)
+	if code := p.wait(t, 10*time.Second); code != 0 {
+		t.Errorf("imapgw run exited %d after SIGTERM, want 0", code)
+	}
+}
+
+// wantBanFor adds a ban on ip through the admin API without a duration and
+// checks it lasts d, the running bans.ban.
+func wantBanFor(t *testing.T, p *process, ip string, d time.Duration) {
+	t.Helper()
+	code, body := p.mustDo(t, "POST", "/api/v1/bans", `{"ip": "`+ip+`"}`)
+	if code != 201 {
+		t.Fatalf("POST /api/v1/bans %s = %d %s, want 201", ip, code, body)
+	}
+	var b limiter.Ban
+	decode(t, body, &b)
+	if got := b.Until.Sub(b.Since); got < d-time.Second || got > d+time.Second {
+		t.Errorf("a ban on %s without a duration lasts %v, want %v (bans.ban)", ip, got, d)
+	}
+}
+
+// logLine returns the first line of log containing s.
+func logLine(log, s string) string {
+	for l := range strings.Lines(log) {
+		if strings.Contains(l, s) {
+			return strings.TrimSpace(l)
+		}
+	}
+	return ""
 }

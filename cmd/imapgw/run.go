@@ -23,6 +23,10 @@ func runCmd(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
+	// Signals are caught before anything listens: a SIGHUP sent as soon as
+	// the gateway answers would otherwise kill it, and a SIGTERM skip the drain.
+	sigs := notifySignals()
+	defer signal.Stop(sigs)
 	g, err := startGateway(cfg, *path, stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "imapgw:", err)
@@ -31,25 +35,27 @@ func runCmd(args []string, stderr io.Writer) int {
 	// Libraries that log through the standard log package (certmagic's panic
 	// recovery) then reach our handler too.
 	slog.SetDefault(g.log)
-	return g.serveSignals()
+	return g.serveUntil(sigs, nil)
 }
 
-// serveSignals blocks until SIGTERM or SIGINT, reloading on SIGHUP.
-func (g *gateway) serveSignals() int { return g.serveUntil(nil) }
-
-// serveUntil is serveSignals that also stops when stop is closed (tests).
-func (g *gateway) serveUntil(stop <-chan struct{}) int {
+// notifySignals starts catching the signals serveUntil handles.
+func notifySignals() chan os.Signal {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
-	defer signal.Stop(sigs)
+	return sigs
+}
+
+// serveUntil blocks until SIGTERM or SIGINT arrives on sigs or stop is closed
+// (tests), reloading on SIGHUP, then drains and stops the gateway.
+func (g *gateway) serveUntil(sigs <-chan os.Signal, stop <-chan struct{}) int {
 	for running := true; running; {
 		select {
 		case sig := <-sigs:
+			g.log.Info("signal received", "signal", sig.String())
 			if sig == syscall.SIGHUP {
-				g.reload()
+				g.reload() // logs its outcome
 				continue
 			}
-			g.log.Info("signal received", "signal", sig.String())
 			running = false
 		case <-stop:
 			running = false
