@@ -119,14 +119,13 @@ func (g *gateway) reload() error {
 		g.log.Error("reload rejected: the running configuration stays", "err", err)
 		return err
 	}
+	if err := g.reloadCertFiles(cfg); err != nil {
+		g.log.Error("reload rejected: certificate files; the running configuration and certificate stay", "err", err)
+		return err
+	}
 	if err := g.certs.Update(cfg); err != nil {
 		g.log.Error("reload rejected: certificates", "err", err)
 		return err
-	}
-	// Files are re-read on every reload (SIGHUP), changed paths or not; a broken
-	// new pair keeps the old one serving and is reported, not fatal.
-	if err := g.certs.Reload(); err != nil {
-		g.log.Error("certificate files not reloaded: the previous certificate stays", "err", err)
 	}
 	if err := g.srv.Update(cfg); err != nil {
 		g.log.Error("reload rejected: listeners", "err", err)
@@ -137,6 +136,20 @@ func (g *gateway) reload() error {
 	g.cfg = cfg
 	g.log.Info("configuration reloaded", "file", g.path)
 	return nil
+}
+
+// reloadCertFiles re-reads the certificate files when cfg keeps their paths
+// (a reload after a renewal in place); certs.Update loads new paths itself.
+// Either way a broken pair rejects the whole reload, before anything is
+// applied, so the operator's reload answers with the reason instead of
+// "reloaded" (issue 10).
+func (g *gateway) reloadCertFiles(cfg *conf.Config) error {
+	old, nw := g.cfg.TLS, cfg.TLS
+	if old.Certificate != conf.CertFiles || nw.Certificate != conf.CertFiles ||
+		old.CertFile != nw.CertFile || old.KeyFile != nw.KeyFile {
+		return nil
+	}
+	return g.certs.Reload()
 }
 
 // shutdown drains sessions, then stops the background loops (which save state).

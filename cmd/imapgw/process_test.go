@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -291,4 +292,16 @@ func (s *imapSession) logout() error {
 		return err
 	}
 	return readUntil(s.br, "c OK")
+}
+
+// presented does a TLS handshake with addr, verifying against roots for the
+// name localhost, and returns the leaf certificate it was shown.
+func presented(addr string, roots *x509.CertPool) (*x509.Certificate, error) {
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr,
+		&tls.Config{RootCAs: roots, ServerName: "localhost"})
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	return c.ConnectionState().PeerCertificates[0], nil
 }
