@@ -138,7 +138,8 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	if err != nil {
 		return err
 	}
-	if in != nil {
+	if in != nil || changesState(method) {
+		// The endpoint refuses a state change without it, body or not.
 		req.Header.Set("Content-Type", "application/json")
 	}
 	if c.token != "" {

@@ -35,6 +35,7 @@ func (g *gateway) newAdmin(a conf.Admin) (*admin.Server, error) {
 	return admin.New(admin.Options{
 		Address:  a.Address,
 		Token:    token,
+		Names:    a.Names,
 		Gatherer: g.reg,
 		Bans:     g.lim,
 		Sessions: admin.SessionsFunc(g.sessions),
