@@ -239,3 +239,44 @@ func TestHostRuleBindings(t *testing.T) {
 		}
 	}
 }
+
+// TestAddBanValidation: a ban longer than bans.max_ban is 400 and one the
+// policy would not enforce (bans.allow) is 409, each with the reason, and
+// neither is stored (issue 11, point 6). Before the fix both were 201.
+func TestAddBanValidation(t *testing.T) {
+	f := newFixture(t, nil) // bans.allow = ::1/128, bans.max_ban = 168h
+	auth := "Bearer " + testToken
+	tests := []struct {
+		body  string
+		want  int
+		words []string
+	}{
+		{`{"ip": "192.0.2.1", "duration": "2000000h"}`, 400, []string{"bans.max_ban", "168h"}},
+		{`{"ip": "192.0.2.1", "duration": "168h1s"}`, 400, []string{"bans.max_ban"}},
+		{`{"ip": "192.0.2.1", "duration": "0s"}`, 400, []string{"positive"}},
+		{`{"ip": "192.0.2.1", "duration": "-5m"}`, 400, []string{"positive"}},
+		{`{"ip": "::1", "duration": "1h"}`, 409, []string{"bans.allow", "::1/128", "not be enforced"}},
+		{`{"ip": "::1"}`, 409, []string{"bans.allow"}},
+	}
+	for _, tt := range tests {
+		code, body := send(t, f.srv.Addr().String(), request{method: "POST", path: "/api/v1/bans",
+			contentType: "application/json", auth: auth, body: tt.body})
+		if code != tt.want {
+			t.Errorf("POST /api/v1/bans %s = %d %s, want %d", tt.body, code, body, tt.want)
+			continue
+		}
+		e := errorBody(t, body)
+		for _, w := range tt.words {
+			if !strings.Contains(e.Error, w) {
+				t.Errorf("POST /api/v1/bans %s: error %q does not mention %q", tt.body, e.Error, w)
+			}
+		}
+	}
+	if n := len(f.lim.Bans()); n != 0 {
+		t.Errorf("%d bans stored after refused requests, want 0", n)
+	}
+	if code, body := send(t, f.srv.Addr().String(), request{method: "POST", path: "/api/v1/bans",
+		contentType: "application/json", auth: auth, body: `{"ip": "192.0.2.1", "duration": "168h"}`}); code != 201 {
+		t.Errorf("POST /api/v1/bans for exactly bans.max_ban = %d %s, want 201", code, body)
+	}
+}

@@ -23,6 +23,7 @@ import (
 // *limiter.Limiter implements it.
 type Bans interface {
 	Bans() []limiter.Ban
+	CheckBan(ip netip.Addr, d time.Duration) error
 	AddBan(ip netip.Addr, d time.Duration, reason string) limiter.Ban
 	LiftBan(ip netip.Addr) bool
 	Source(ip netip.Addr) limiter.SourceInfo

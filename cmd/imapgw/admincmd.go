@@ -213,8 +213,14 @@ func (f *adminFlags) setup(args []string, npos int, stderr io.Writer) (*admin.Cl
 func fail(stderr io.Writer, cmd string, err error) int {
 	fmt.Fprintf(stderr, "imapgw %s: %v\n", cmd, err)
 	var e *admin.APIError
-	if errors.As(err, &e) && e.Status == http.StatusUnauthorized {
+	if !errors.As(err, &e) {
+		return 1
+	}
+	switch e.Status {
+	case http.StatusUnauthorized:
 		fmt.Fprintln(stderr, "  (pass the token with -token-file, or -config with admin.token_file)")
+	case http.StatusMisdirectedRequest:
+		fmt.Fprintln(stderr, "  (call the endpoint by the address it listens on, or add the name to admin.names)")
 	}
 	return 1
 }
