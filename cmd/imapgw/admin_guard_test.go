@@ -1,8 +1,11 @@
 package main
 
 import (
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/imapgw/imapgw/conf"
 )
 
 // TestBansAddRefusedCLI: `imapgw bans add` prints the endpoint's reason for a
@@ -30,5 +33,18 @@ func TestBansAddRefusedCLI(t *testing.T) {
 	}
 	if rc, out, errOut := env.cli("bans", "list"); rc != 0 || !strings.Contains(out, "no active bans") {
 		t.Errorf("imapgw bans list after refused bans = %d %s%s, want no active bans", rc, out, errOut)
+	}
+}
+
+// TestNewAdminTLSFilesMissing: a pair that cannot be loaded stops the start
+// with an error naming the keys, instead of an endpoint without TLS.
+func TestNewAdminTLSFilesMissing(t *testing.T) {
+	be := startDemoBackend(t)
+	env := startAdminEnv(t, adminTestConfig(t, be.Addr), "")
+	dir := t.TempDir()
+	_, err := env.g.newAdmin(conf.Admin{Address: "127.0.0.1:0", TokenFile: env.tokenFile, TLS: conf.CertFiles,
+		CertFile: filepath.Join(dir, "cert.pem"), KeyFile: filepath.Join(dir, "key.pem")})
+	if err == nil || !strings.Contains(err.Error(), "admin.cert_file") {
+		t.Errorf("newAdmin with missing admin.cert_file = %v, want an error naming it", err)
 	}
 }
