@@ -3,6 +3,7 @@ package admin
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -40,11 +41,23 @@ func (e *APIError) Error() string {
 // listens on every interface; the client then calls it over loopback.
 // token "" sends no Authorization header.
 func NewClient(address, token string) (*Client, error) {
+	return NewClientTLS(address, token, nil)
+}
+
+// NewClientTLS is NewClient speaking HTTPS with tlsConf (see ClientTLS) when
+// it is not nil; an https:// address without tlsConf verifies against the
+// system roots.
+func NewClientTLS(address, token string, tlsConf *tls.Config) (*Client, error) {
 	base, err := baseURL(address)
 	if err != nil {
 		return nil, err
 	}
-	return &Client{base: base, token: token, http: &http.Client{Timeout: 30 * time.Second}}, nil
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	if tlsConf != nil {
+		base = "https://" + strings.TrimPrefix(strings.TrimPrefix(base, "http://"), "https://")
+		tr.TLSClientConfig = tlsConf
+	}
+	return &Client{base: base, token: token, http: &http.Client{Timeout: 30 * time.Second, Transport: tr}}, nil
 }
 
 func baseURL(address string) (string, error) {
@@ -138,7 +151,8 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	if err != nil {
 		return err
 	}
-	if in != nil {
+	if in != nil || changesState(method) {
+		// The endpoint refuses a state change without it, body or not.
 		req.Header.Set("Content-Type", "application/json")
 	}
 	if c.token != "" {

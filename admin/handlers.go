@@ -68,6 +68,17 @@ func (s *Server) addBan(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
+	// A ban that would not be enforced is a conflict with the config, not a
+	// bad request: the operator changes bans.allow or bans.enabled, or
+	// nothing (issue 11, point 6).
+	if err := s.o.Bans.CheckBan(ip, d); err != nil {
+		code := http.StatusBadRequest
+		if errors.Is(err, limiter.ErrNotEnforced) {
+			code = http.StatusConflict
+		}
+		writeError(w, code, "ban of "+ip.String()+" refused: "+err.Error())
+		return
+	}
 	b := s.o.Bans.AddBan(ip, d, req.Reason)
 	s.o.Logger.Info("admin: ban added", "prefix", b.Prefix, "until", b.Until, "by", r.RemoteAddr)
 	writeJSON(w, http.StatusCreated, b)

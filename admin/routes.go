@@ -22,6 +22,14 @@ type route struct {
 }
 
 func (s *Server) table() []route {
+	pprofRoute := route{"GET", "/debug/pprof/{name...}", false, profiles}
+	if s.token == nil {
+		// Profiles show user names and addresses in memory; without a token
+		// any local process, or a page that reached the port, could fetch them.
+		pprofRoute.h = func(w http.ResponseWriter, r *http.Request) {
+			writeError(w, http.StatusForbidden, "/debug/pprof is served only with admin.token_file set")
+		}
+	}
 	return []route{
 		{"GET", "/healthz", true, s.healthz},
 		{"GET", "/readyz", true, s.readyz},
@@ -37,7 +45,7 @@ func (s *Server) table() []route {
 		{"POST", "/api/v1/reload", false, s.reload},
 		// Go's profiler, behind the token: heap and CPU profiles of a live gateway
 		// are how its memory per session and its CPU are explained.
-		{"GET", "/debug/pprof/{name...}", false, profiles},
+		pprofRoute,
 	}
 }
 
@@ -49,7 +57,11 @@ func (s *Server) routes() http.Handler {
 	allow := map[string][]string{}
 	public := map[string]bool{}
 	for _, r := range s.table() {
-		mux.Handle(r.method+" "+r.path, s.guard(r.public, r.h))
+		h := r.h
+		if changesState(r.method) {
+			h = needJSON(h)
+		}
+		mux.Handle(r.method+" "+r.path, s.guard(r.public, h))
 		allow[r.path] = append(allow[r.path], r.method)
 		public[r.path] = r.public
 	}
@@ -83,6 +95,19 @@ func methodNotAllowed(methods []string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Allow", allow)
 		writeError(w, http.StatusMethodNotAllowed, r.Method+" not allowed; allowed: "+allow)
+	}
+}
+
+// needJSON answers 415 unless the request says Content-Type: application/json
+// (issue 11, point 5: no state change from a plain form or text POST).
+func needJSON(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !isJSON(r) {
+			writeError(w, http.StatusUnsupportedMediaType,
+				r.Method+" needs Content-Type: application/json (body or not)")
+			return
+		}
+		h(w, r)
 	}
 }
 

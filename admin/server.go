@@ -2,6 +2,7 @@ package admin
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -22,6 +23,7 @@ import (
 // *limiter.Limiter implements it.
 type Bans interface {
 	Bans() []limiter.Ban
+	CheckBan(ip netip.Addr, d time.Duration) error
 	AddBan(ip netip.Addr, d time.Duration, reason string) limiter.Ban
 	LiftBan(ip netip.Addr) bool
 	Source(ip netip.Addr) limiter.SourceInfo
@@ -62,8 +64,15 @@ type Options struct {
 	// Address is the host:port to listen on, e.g. "127.0.0.1:9993".
 	Address string
 	// Token is the bearer token every route but /healthz and /readyz requires.
-	// "" disables authentication, which New allows on loopback addresses only.
+	// "" disables authentication, which New allows on loopback addresses only;
+	// /debug/pprof is then not served.
 	Token string
+	// Names are more host names or addresses (admin.names) accepted in a
+	// request's Host, with any port, besides the address as bound.
+	Names []string
+	// TLS, when not nil, serves HTTPS with this config (its GetCertificate
+	// or Certificates); nil serves plain HTTP.
+	TLS *tls.Config
 	// Gatherer is served on /metrics and summed for /api/v1/stats.
 	// nil: both are empty.
 	Gatherer prometheus.Gatherer
@@ -94,6 +103,7 @@ type Server struct {
 	o       Options
 	started time.Time
 	token   []byte // sha256 of Options.Token; nil when authentication is off
+	hosts   hostRule
 	http    *http.Server
 
 	mu sync.Mutex
@@ -119,12 +129,17 @@ func New(o Options) (*Server, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	s := &Server{o: o, started: o.Now()}
+	hosts, err := newHostRule(o.Address, o.Names)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{o: o, started: o.Now(), hosts: hosts}
 	if o.Token != "" {
 		s.token = digest(o.Token)
 	}
 	s.http = &http.Server{
-		Handler:           s.routes(),
+		Handler:           s.checkHost(s.routes()),
+		TLSConfig:         o.TLS,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      60 * time.Second,
@@ -143,9 +158,20 @@ func (s *Server) Start() error {
 	s.mu.Lock()
 	s.ln = ln
 	s.mu.Unlock()
-	s.o.Logger.Info("admin endpoint listening", "address", ln.Addr().String(), "token", s.token != nil)
+	s.o.Logger.Info("admin endpoint listening", "address", ln.Addr().String(), "token", s.token != nil, "tls", s.o.TLS != nil)
+	if s.token != nil && s.o.TLS == nil && !conf.IsLoopback(s.o.Address) {
+		// A warning, not a refusal: a config that ran before must not stop a
+		// restart, and a management network or a TLS proxy in front may
+		// already protect the token.
+		s.o.Logger.Warn("admin.address is not loopback and admin.tls is \"none\": the bearer token crosses the network in clear; set admin.tls",
+			"address", s.o.Address)
+	}
 	go func() {
-		if err := s.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		serve := s.http.Serve
+		if s.o.TLS != nil {
+			serve = func(ln net.Listener) error { return s.http.ServeTLS(ln, "", "") }
+		}
+		if err := serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.o.Logger.Error("admin endpoint stopped", "err", err)
 		}
 	}()

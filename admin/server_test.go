@@ -90,6 +90,9 @@ func (f *fixture) call(t *testing.T, method, path, auth, body string) (int, http
 	if auth != "" {
 		req.Header.Set("Authorization", auth)
 	}
+	if changesState(method) {
+		req.Header.Set("Content-Type", "application/json") // as the CLI does
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

@@ -118,11 +118,23 @@ type Bans struct {
 	MaxTracked      int            `toml:"max_tracked"`      // default 262144 entries per table
 }
 
-// Admin is the operator's HTTP endpoint.
+// Admin is the operator's HTTP endpoint. Every request's Host must be its
+// address (as bound) or one of Names, so a web page that rebinds its own
+// DNS name to the endpoint cannot read it (issue 11, point 5).
 type Admin struct {
-	Address   string `toml:"address"`    // default "127.0.0.1:9993"; "" disables
-	TokenFile string `toml:"token_file"` // bearer token; required when address is not loopback
+	Address   string   `toml:"address"`    // default "127.0.0.1:9993"; "" disables
+	TokenFile string   `toml:"token_file"` // bearer token; required when address is not loopback
+	Names     []string `toml:"names"`      // default none: more host names or addresses (any port) accepted as Host, e.g. behind a proxy
+	TLS       string   `toml:"tls"`        // "none" (default), "gateway" (the IMAP certificate, from tls.certificate) or "files"
+	CertFile  string   `toml:"cert_file"`  // with tls = "files": PEM chain, re-read when it changes
+	KeyFile   string   `toml:"key_file"`   // with tls = "files": PEM key
+	CAFile    string   `toml:"ca_file"`    // for `imapgw bans`/`status` only: PEM roots to verify the endpoint; "" = system roots
 }
+
+// AdminTLSGateway is admin.tls = "gateway": the admin endpoint serves the
+// certificate the IMAP listeners serve. ("none" and "files" are TLSNone and
+// CertFiles.)
+const AdminTLSGateway = "gateway"
 
 // Log configures log/slog.
 type Log struct {
@@ -174,7 +186,7 @@ func Default() *Config {
 			AccountProtect:  D(24 * time.Hour),
 			MaxTracked:      262144,
 		},
-		Admin: Admin{Address: "127.0.0.1:9993"},
+		Admin: Admin{Address: "127.0.0.1:9993", TLS: TLSNone},
 		Log:   Log{Level: "info", Format: "text"},
 	}
 }

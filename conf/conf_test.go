@@ -36,6 +36,9 @@ func TestParseDefaults(t *testing.T) {
 	if c.Bans.Ban.Duration != 15*time.Minute || len(c.Bans.Allow) != 2 {
 		t.Errorf("bans = %+v, want the defaults", c.Bans)
 	}
+	if c.Admin.TLS != TLSNone || len(c.Admin.Names) != 0 {
+		t.Errorf("admin = %+v, want tls none and no names", c.Admin)
+	}
 	if c.Backend.ClientIP != ClientIPID || c.Backend.ConnectTimeout.Duration != 5*time.Second {
 		t.Errorf("backend = %+v, want the defaults", c.Backend)
 	}
@@ -60,6 +63,11 @@ max_line = 4096
 
 [admin]
 address = "127.0.0.1:9000"
+names = ["gw.example.com", "2001:db8::1", "192.0.2.1"]
+tls = "files"
+cert_file = "/etc/imapgw/admin.pem"
+key_file = "/etc/imapgw/admin.key"
+ca_file = "/etc/imapgw/admin-ca.pem"
 `
 	c, err := Parse("t.toml", []byte(src))
 	if err != nil {
@@ -73,6 +81,9 @@ address = "127.0.0.1:9000"
 	}
 	if c.Limits.MaxLine != 4096 || c.Admin.Address != "127.0.0.1:9000" {
 		t.Errorf("limits.max_line = %d, admin.address = %q", c.Limits.MaxLine, c.Admin.Address)
+	}
+	if a := c.Admin; len(a.Names) != 3 || a.TLS != CertFiles || a.CertFile == "" || a.KeyFile == "" || a.CAFile == "" {
+		t.Errorf("admin = %+v, want three names and TLS from files", a)
 	}
 }
 
@@ -94,6 +105,12 @@ func TestParseErrors(t *testing.T) {
 		{"max_ban below ban", minimal + "[bans]\nban = \"2h\"\nmax_ban = \"1h\"\n", "t.toml:12: bans.max_ban"},
 		{"prefix out of range", minimal + "[bans]\nsource_prefix_v6 = 129\n", "t.toml:11: bans.source_prefix_v6: must be 16 to 128"},
 		{"admin not loopback without token", minimal + "[admin]\naddress = \"0.0.0.0:9993\"\n", "t.toml:11: admin.address: \"0.0.0.0:9993\" is not loopback"},
+		{"admin name with a port", minimal + "[admin]\nnames = [\"gw.example:9993\"]\n", "t.toml:11: admin.names: \"gw.example:9993\" is not a host name"},
+		{"admin name empty", minimal + "[admin]\nnames = [\"\"]\n", "t.toml:11: admin.names"},
+		{"admin tls mode", minimal + "[admin]\ntls = \"acme\"\n", "t.toml:11: admin.tls: \"acme\" is not one of none, gateway, files"},
+		{"admin files without paths", minimal + "[admin]\ntls = \"files\"\ncert_file = \"/c.pem\"\n", "t.toml:11: admin.tls: \"files\" needs admin.cert_file and admin.key_file"},
+		{"admin files without files mode", minimal + "[admin]\ntls = \"gateway\"\ncert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\n", "t.toml:11: admin.tls: is \"gateway\", yet admin.cert_file"},
+		{"admin ca_file without tls", minimal + "[admin]\nca_file = \"/ca.pem\"\n", "t.toml:11: admin.ca_file: is set, yet admin.tls is \"none\""},
 		{"wrong type", minimal + "[limits]\nmax_line = \"big\"\n", "t.toml:11: "},
 		{"syntax", "[server\n", "t.toml:2: "},
 		{"contradiction", minimal + "[backend]\ntls = \"implicit\"\ntls_skip_verify = true\ntls_ca_file = \"/ca.pem\"\n", "backend.tls_skip_verify: contradicts"},

@@ -201,6 +201,37 @@ func (v *validator) admin(a *Admin) {
 	if a.TokenFile == "" && !IsLoopback(a.Address) {
 		v.fail("admin.address", "%q is not loopback: set admin.token_file", a.Address)
 	}
+	for _, n := range a.Names {
+		if !isHostName(n) {
+			v.fail("admin.names", "%q is not a host name or an IP address (no port, no brackets)", n)
+		}
+	}
+	v.oneOf("admin.tls", a.TLS, TLSNone, AdminTLSGateway, CertFiles)
+	switch {
+	case a.TLS == CertFiles && (a.CertFile == "" || a.KeyFile == ""):
+		v.fail("admin.tls", `"files" needs admin.cert_file and admin.key_file`)
+	case a.TLS != CertFiles && (a.CertFile != "" || a.KeyFile != ""):
+		v.fail("admin.tls", `is %q, yet admin.cert_file or admin.key_file is set (they go with "files")`, a.TLS)
+	case a.TLS == TLSNone && a.CAFile != "":
+		v.fail("admin.ca_file", `is set, yet admin.tls is "none"`)
+	}
+}
+
+// isHostName accepts a DNS name (letters, digits, '-', '_', dots) or an IP
+// address without zone: what a Host header names, without the port.
+func isHostName(s string) bool {
+	if ip, err := netip.ParseAddr(s); err == nil {
+		return ip.Zone() == ""
+	}
+	if s == "" || len(s) > 253 || strings.HasPrefix(s, ".") || strings.Contains(s, "..") {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
+			return false
+		}
+	}
+	return true
 }
 
 // IsLoopback reports whether the host of addr is a loopback address or "localhost".

@@ -1,6 +1,8 @@
 package limiter
 
 import (
+	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 	"time"
@@ -80,6 +82,35 @@ func (l *Limiter) putBan(now time.Time, b Ban) (evicted []Ban) {
 	l.bans.put(b)
 	l.gen++
 	return evicted
+}
+
+// Why CheckBan refuses an operator's ban.
+var (
+	ErrNotEnforced = errors.New("the ban would not be enforced")
+	ErrBanTooLong  = errors.New("longer than bans.max_ban")
+)
+
+// CheckBan reports whether AddBan(ip, d, …) would make a ban that works as
+// asked: an error wrapping ErrNotEnforced when ip is in bans.allow or
+// bans.enabled is false (Admit would let it in anyway), ErrBanTooLong when d
+// exceeds bans.max_ban, the longest ban the policy itself gives. d ≤ 0 means
+// bans.ban, as in AddBan. The admin API asks before AddBan (issue 11, point 6).
+func (l *Limiter) CheckBan(ip netip.Addr, d time.Duration) error {
+	ip = ip.Unmap()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, p := range l.b.Allow {
+		if p.Contains(ip) {
+			return fmt.Errorf("%w: %s is in bans.allow (%s)", ErrNotEnforced, ip, p)
+		}
+	}
+	if !l.b.Enabled {
+		return fmt.Errorf("%w: bans.enabled is false", ErrNotEnforced)
+	}
+	if most := l.b.MaxBan.Duration; d > most {
+		return fmt.Errorf("%s is %w (%s)", d, ErrBanTooLong, most)
+	}
+	return nil
 }
 
 // AddBan bans ip's source prefix for d (bans.ban when d ≤ 0) on an operator's

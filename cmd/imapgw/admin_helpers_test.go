@@ -118,6 +118,9 @@ func (env *adminEnv) call(t *testing.T, method, path string, auth bool, body str
 	if auth {
 		req.Header.Set("Authorization", "Bearer "+env.token)
 	}
+	if method != "GET" && method != "HEAD" {
+		req.Header.Set("Content-Type", "application/json") // as the CLI does
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -23,7 +24,7 @@ const bansUsage = `Usage:
   imapgw bans add IP [-for 1h] [-reason TEXT]       ban IP's source prefix
   imapgw bans del IP                                lift the ban covering IP
 Every command also takes -config FILE, or -admin ADDR and -token-file FILE,
--json for scripts and -timeout.
+-ca-file FILE for an endpoint with admin.tls, -json for scripts and -timeout.
 `
 
 // adminFlags are the flags of every command that calls the admin endpoint.
@@ -32,6 +33,7 @@ type adminFlags struct {
 	config    *string
 	addr      *string
 	tokenFile *string
+	caFile    *string
 	json      *bool
 	timeout   *time.Duration
 	args      []string // the positional arguments, after setup
@@ -44,6 +46,7 @@ func newAdminFlags(name string, stderr io.Writer) *adminFlags {
 		config:    configFlag(fs),
 		addr:      fs.String("admin", "", "the admin endpoint's host:port (default: admin.address from -config)"),
 		tokenFile: fs.String("token-file", "", "file holding the bearer token (default: admin.token_file from -config)"),
+		caFile:    fs.String("ca-file", "", "PEM roots to verify the endpoint's certificate; implies https (default: admin.ca_file from -config, else the system roots)"),
 		json:      fs.Bool("json", false, "print JSON for scripts instead of tables"),
 		timeout:   fs.Duration("timeout", 10*time.Second, "how long to wait for the gateway"),
 	}
@@ -68,10 +71,11 @@ func (f *adminFlags) parse(args []string) ([]string, error) {
 // client builds the admin client: flags win over the config file, which is
 // read only when -admin is missing or -config is given explicitly.
 func (f *adminFlags) client() (*admin.Client, error) {
-	addr, tokenFile := *f.addr, *f.tokenFile
+	addr, tokenFile, caFile := *f.addr, *f.tokenFile, *f.caFile
+	var cfg *conf.Config
 	if addr == "" || f.isSet("config") {
-		cfg, err := conf.Load(*f.config)
-		if err != nil {
+		var err error
+		if cfg, err = conf.Load(*f.config); err != nil {
 			return nil, err
 		}
 		if addr == "" {
@@ -79,6 +83,9 @@ func (f *adminFlags) client() (*admin.Client, error) {
 		}
 		if tokenFile == "" {
 			tokenFile = cfg.Admin.TokenFile
+		}
+		if caFile == "" {
+			caFile = cfg.Admin.CAFile
 		}
 		if addr == "" {
 			return nil, fmt.Errorf("%s: admin.address is empty: the admin endpoint is off", *f.config)
@@ -91,7 +98,33 @@ func (f *adminFlags) client() (*admin.Client, error) {
 			return nil, err
 		}
 	}
-	return admin.NewClient(addr, token)
+	var tlsConf *tls.Config
+	if caFile != "" || strings.HasPrefix(addr, "https://") || (cfg != nil && cfg.Admin.TLS != conf.TLSNone) {
+		name := ""
+		if cfg != nil && !strings.Contains(addr, "://") {
+			name = adminServerName(cfg)
+		}
+		var err error
+		if tlsConf, err = admin.ClientTLS(caFile, name); err != nil {
+			return nil, err
+		}
+	}
+	return admin.NewClientTLS(addr, token, tlsConf)
+}
+
+// adminServerName is the name the CLI verifies the endpoint's certificate
+// against when it dials admin.address: the first of admin.names, else with
+// admin.tls = "gateway" server.hostname (the gateway's certificate always
+// covers it), else "" for the address dialled (a name, or an IP address
+// the certificate must list).
+func adminServerName(cfg *conf.Config) string {
+	switch {
+	case len(cfg.Admin.Names) > 0:
+		return cfg.Admin.Names[0]
+	case cfg.Admin.TLS == conf.AdminTLSGateway:
+		return cfg.Server.Hostname
+	}
+	return ""
 }
 
 func (f *adminFlags) isSet(name string) bool {
@@ -213,8 +246,14 @@ func (f *adminFlags) setup(args []string, npos int, stderr io.Writer) (*admin.Cl
 func fail(stderr io.Writer, cmd string, err error) int {
 	fmt.Fprintf(stderr, "imapgw %s: %v\n", cmd, err)
 	var e *admin.APIError
-	if errors.As(err, &e) && e.Status == http.StatusUnauthorized {
+	if !errors.As(err, &e) {
+		return 1
+	}
+	switch e.Status {
+	case http.StatusUnauthorized:
 		fmt.Fprintln(stderr, "  (pass the token with -token-file, or -config with admin.token_file)")
+	case http.StatusMisdirectedRequest:
+		fmt.Fprintln(stderr, "  (call the endpoint by the address it listens on, or add the name to admin.names)")
 	}
 	return 1
 }

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"crypto/tls"
+
 	"github.com/imapgw/imapgw/admin"
 	"github.com/imapgw/imapgw/conf"
 	"github.com/imapgw/imapgw/proxy"
@@ -32,9 +34,15 @@ func (g *gateway) newAdmin(a conf.Admin) (*admin.Server, error) {
 			return nil, err
 		}
 	}
+	tlsConf, err := g.adminTLS(a)
+	if err != nil {
+		return nil, err
+	}
 	return admin.New(admin.Options{
 		Address:  a.Address,
 		Token:    token,
+		Names:    a.Names,
+		TLS:      tlsConf,
 		Gatherer: g.reg,
 		Bans:     g.lim,
 		Sessions: admin.SessionsFunc(g.sessions),
@@ -44,6 +52,26 @@ func (g *gateway) newAdmin(a conf.Admin) (*admin.Server, error) {
 		Reload:   g.reload,
 		Logger:   g.log.With("part", "admin"),
 	})
+}
+
+// adminTLS is the admin listener's TLS config for admin.tls: nil for "none";
+// the IMAP listeners' certificates for "gateway" (ACME, files or
+// self-signed, renewed and reloaded with them); admin.cert_file and
+// admin.key_file for "files".
+func (g *gateway) adminTLS(a conf.Admin) (*tls.Config, error) {
+	switch a.TLS {
+	case conf.AdminTLSGateway:
+		c := g.certs.TLSConfig()
+		c.NextProtos = nil // not "imap" or "acme-tls/1": net/http offers h2 and http/1.1
+		return c, nil
+	case conf.CertFiles:
+		get, err := admin.FileCertificate(a.CertFile, a.KeyFile, g.log.With("part", "admin"))
+		if err != nil {
+			return nil, err
+		}
+		return &tls.Config{GetCertificate: get, MinVersion: g.certs.TLSConfig().MinVersion}, nil
+	}
+	return nil, nil
 }
 
 // sessions copies the data path's session list into admin's type: admin does
