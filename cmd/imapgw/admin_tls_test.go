@@ -17,21 +17,15 @@ import (
 	"github.com/imapgw/imapgw/internal/testbed"
 )
 
-// Run as `imapgw` when a test starts this test binary as a child process
-// (startProcess): the real process, without a separate go build.
-func init() {
-	if os.Getenv("IMAPGW_TEST_MAIN") == "1" {
-		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
-	}
-}
-
-// startProcess runs `imapgw run -config path` as a child process and stops
-// it with SIGTERM when the test ends; the returned buffer holds its log.
-func startProcess(t *testing.T, path string) (*exec.Cmd, *testbed.LogBuffer) {
+// startTLSAdminProcess runs `imapgw run -config path` as a child process (the
+// test binary run as main, see TestMain) and stops it with SIGTERM when the
+// test ends; the returned buffer holds its log. Unlike startProcess it does
+// not probe the admin endpoint over plain http: the test talks https to it.
+func startTLSAdminProcess(t *testing.T, path string) (*exec.Cmd, *testbed.LogBuffer) {
 	t.Helper()
 	logs := &testbed.LogBuffer{}
 	cmd := exec.Command(os.Args[0], "run", "-config", path)
-	cmd.Env = append(os.Environ(), "IMAPGW_TEST_MAIN=1")
+	cmd.Env = append(os.Environ(), asMain+"=1")
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -130,7 +124,7 @@ token_file = %q
 ca_file = %q
 %s`, filepath.Join(dir, "state"), tlsLines, be.Addr, addr, tokenFile, caFile, adminLines)), 0o600))
 
-			_, logs := startProcess(t, path)
+			_, logs := startTLSAdminProcess(t, path)
 			var stdout, stderr strings.Builder
 			cli := func(args ...string) int {
 				stdout.Reset()
