@@ -169,7 +169,8 @@ func (p *process) do(method, path, body string) (int, string, error) {
 	if err != nil {
 		return 0, "", err
 	}
-	if body != "" {
+	if method != "GET" {
+		// State-changing requests must be JSON (issue 11.5), body or not.
 		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := adminClient.Do(req)
