@@ -101,6 +101,7 @@ func (s *session) saslResponse(challenge string, ir []byte, hasIR bool) ([]byte,
 		if err := s.writef("+ %s\r\n", challenge); err != nil {
 			return nil, err
 		}
+		s.armLine() // the response is a new wait, begun by the challenge
 		var err error
 		if line, err = s.rd.ReadLine(); err != nil {
 			return nil, err
