@@ -108,6 +108,9 @@ func (s *session) info() SessionInfo {
 func (s *session) run() {
 	defer s.srv.recoverPanic(s.id)
 	s.srv.m.sessions.WithLabelValues(statePreauth).Inc()
+	// Deferred first, so run last: a shutdown still interrupts the linger.
+	stop := context.AfterFunc(s.srv.ctx, s.interrupt)
+	defer stop()
 	relaying := false
 	defer func() {
 		if !relaying {
@@ -118,8 +121,6 @@ func (s *session) run() {
 			s.end()
 		}
 	}()
-	stop := context.AfterFunc(s.srv.ctx, s.interrupt)
-	defer stop()
 	if s.lc.TLS == conf.TLSImplicit {
 		if err := s.handshake(); err != nil {
 			return
