@@ -69,6 +69,7 @@ func TestTrickledLine(t *testing.T) {
 			if !strings.Contains(got, "* BYE Autologout") {
 				t.Errorf("got %q, want * BYE Autologout", got)
 			}
+			t.Logf("closed %v after the wait began", d.Round(time.Millisecond))
 			if d < preauth-every/2 || d > preauth+time.Second {
 				t.Errorf("closed %v after the wait began, want preauth_timeout %v (within a second)", d, preauth)
 			}
@@ -253,7 +254,9 @@ func TestLingerBounded(t *testing.T) {
 		if err := <-wrote; isTimeout(err) {
 			t.Fatalf("the gateway still read after 20 s: %v", err)
 		}
-		if d := time.Since(bye); d > lingerTime+time.Second {
+		d := time.Since(bye)
+		t.Logf("the gateway read for %v after the BYE", d.Round(time.Millisecond))
+		if d > lingerTime+time.Second {
 			t.Errorf("the gateway read for %v after the BYE, want at most %v", d, lingerTime)
 		}
 	})
@@ -266,7 +269,9 @@ func TestLingerBounded(t *testing.T) {
 		}
 		bye := time.Now()
 		waitNoSessions(t, g)
-		if d := time.Since(bye); d > lingerTime+time.Second {
+		d := time.Since(bye)
+		t.Logf("the session lasted %v after the BYE", d.Round(time.Millisecond))
+		if d > lingerTime+time.Second {
 			t.Errorf("the session lasted %v after the BYE, want at most %v", d, lingerTime)
 		}
 	})
@@ -278,11 +283,16 @@ func TestLingerBounded(t *testing.T) {
 			c.expect("* BYE Line too long")
 			cs = append(cs, c)
 		}
+		if n := len(g.srv.Sessions()); n != len(cs) {
+			t.Fatalf("%d sessions before Shutdown, want the %d lingering", n, len(cs))
+		}
 		start := time.Now()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		g.srv.Shutdown(ctx) // only pre-auth sessions: it need not wait for the drain
-		if d := time.Since(start); d > 500*time.Millisecond {
+		d := time.Since(start)
+		t.Logf("Shutdown took %v with 5 lingering sessions", d.Round(time.Millisecond))
+		if d > 500*time.Millisecond {
 			t.Errorf("Shutdown took %v with lingering sessions, want at once", d)
 		}
 		for _, c := range cs {
