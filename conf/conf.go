@@ -91,7 +91,7 @@ const (
 
 // Limits bound what one client and the whole gateway may use.
 type Limits struct {
-	PreauthTimeout               Duration `toml:"preauth_timeout"`                  // default 30s per pre-auth read
+	PreauthTimeout               Duration `toml:"preauth_timeout"`                  // default 30s per pre-auth line (or TLS handshake), from when the wait begins
 	IdleTimeout                  Duration `toml:"idle_timeout"`                     // default 31m after login
 	MaxLine                      int      `toml:"max_line"`                         // default 8192 bytes
 	MaxLiteral                   int      `toml:"max_literal"`                      // default 8192 bytes

@@ -80,15 +80,15 @@ var (
 	errBadSASL   = errors.New("Invalid SASL response")
 )
 
-// saslFailed answers a SASL exchange that produced no credentials.
+// saslFailed answers a SASL exchange that produced no credentials. A response
+// that could not be read ends the session as a command that could not be:
+// BYE for a line too long, a timeout or a shutdown.
 func (s *session) saslFailed(tag string, err error) (relaying, done bool) {
-	switch {
-	case errors.Is(err, errCancelled), errors.Is(err, errBadSASL):
+	if errors.Is(err, errCancelled) || errors.Is(err, errBadSASL) {
 		s.writef("%s BAD %s\r\n", tag, err.Error())
 		return false, false
-	case errors.Is(err, imapwire.ErrLineTooLong):
-		s.bye("Line too long")
 	}
+	s.readFailed(err)
 	return false, true
 }
 
@@ -101,6 +101,7 @@ func (s *session) saslResponse(challenge string, ir []byte, hasIR bool) ([]byte,
 		if err := s.writef("+ %s\r\n", challenge); err != nil {
 			return nil, err
 		}
+		s.armLine() // the response is a new wait, begun by the challenge
 		var err error
 		if line, err = s.rd.ReadLine(); err != nil {
 			return nil, err

@@ -21,7 +21,7 @@ type metrics struct {
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		connections: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "imapgw_connections_total", Help: "Connections by listener and admission outcome (accepted, refused_ban, refused_rate, refused_limit).",
+			Name: "imapgw_connections_total", Help: "Connections by listener and admission outcome (accepted, refused_ban, refused_rate, refused_limit, refused_untrusted_proxy).",
 		}, []string{"listener", "outcome"}),
 		sessions: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "imapgw_sessions", Help: "Open sessions by state (preauth, relaying).",

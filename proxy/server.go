@@ -61,6 +61,8 @@ type Server struct {
 	log     *slog.Logger
 	m       *metrics
 
+	untrusted *logThrottle // log lines about peers refused on proxy_protocol listeners
+
 	mu        sync.Mutex
 	listeners map[string]*listener // by address
 	sessions  map[*session]struct{}
@@ -84,6 +86,7 @@ func New(cfg *conf.Config, o Options) (*Server, error) {
 		tlsConf:   o.Certs.TLSConfig(),
 		log:       o.Logger,
 		m:         newMetrics(o.Registerer),
+		untrusted: newLogThrottle(untrustedLogEvery),
 		listeners: map[string]*listener{},
 		sessions:  map[*session]struct{}{},
 	}

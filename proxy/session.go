@@ -59,6 +59,7 @@ type session struct {
 	rd       *imapwire.Reader
 	tls      bool
 	first    bool // no command read yet: a non-IMAP line gets BYE
+	saidBye  bool // a BYE was sent: close lingering, so that it arrives
 	failures int
 
 	mu       sync.Mutex
@@ -107,15 +108,19 @@ func (s *session) info() SessionInfo {
 func (s *session) run() {
 	defer s.srv.recoverPanic(s.id)
 	s.srv.m.sessions.WithLabelValues(statePreauth).Inc()
+	// Deferred first, so run last: a shutdown still interrupts the linger.
+	stop := context.AfterFunc(s.srv.ctx, s.interrupt)
+	defer stop()
 	relaying := false
 	defer func() {
 		if !relaying {
 			s.srv.m.sessions.WithLabelValues(statePreauth).Dec()
+			if s.saidBye {
+				s.linger()
+			}
 			s.end()
 		}
 	}()
-	stop := context.AfterFunc(s.srv.ctx, s.interrupt)
-	defer stop()
 	if s.lc.TLS == conf.TLSImplicit {
 		if err := s.handshake(); err != nil {
 			return
@@ -158,12 +163,19 @@ func (s *session) closeNow() {
 	}
 }
 
+// handshake runs the TLS handshake under one deadline, preauth_timeout from its
+// start in both directions: a client trickling its ClientHello, or not reading
+// the server's flight, is cut then, as a trickled line is (issue 10.2). A
+// deadline rather than HandshakeContext: no watcher goroutine per handshake;
+// interrupt wakes the read at shutdown.
 func (s *session) handshake() error {
 	tc := tls.Server(s.conn, s.srv.tlsConf)
-	ctx, cancel := context.WithTimeout(s.srv.ctx, s.cfg.Limits.PreauthTimeout.Duration)
-	defer cancel()
-	if err := tc.HandshakeContext(ctx); err != nil {
-		if s.srv.log.Enabled(ctx, slog.LevelDebug) { // a flood of TLS garbage must not pay for the logger
+	s.conn.SetDeadline(s.lineDeadline())
+	if err := s.srv.ctx.Err(); err != nil {
+		return err // interrupt ran before the deadline above replaced its own
+	}
+	if err := tc.Handshake(); err != nil {
+		if s.srv.log.Enabled(context.Background(), slog.LevelDebug) { // a flood of TLS garbage must not pay for the logger
 			s.logger().Debug("TLS handshake failed", "err", err)
 		}
 		return err
@@ -173,31 +185,44 @@ func (s *session) handshake() error {
 }
 
 func (s *session) setReader() {
-	br := bufio.NewReaderSize(readerFunc(s.read), preauthBuffer)
+	br := bufio.NewReaderSize(s.conn, preauthBuffer)
 	s.rd = imapwire.NewReader(br, s.cfg.Limits.MaxLine, s.cfg.Limits.MaxLiteral)
-	s.rd.Continue = func(int64) error { return s.write("+ Ready for literal data\r\n") }
+	s.rd.Continue = func(int64) error {
+		if err := s.write("+ Ready for literal data\r\n"); err != nil {
+			return err
+		}
+		s.armLine() // the literal is a new wait, begun by the "+"
+		return nil
+	}
 }
 
 // preauthLifetimes bounds the whole pre-auth phase to this many
-// preauth_timeouts: the per-read deadline alone would let a client trickling one
-// byte just under preauth_timeout hold a session for days.
+// preauth_timeouts: the per-line deadline alone would let a client sending one
+// short command just under preauth_timeout hold a session for days.
 const preauthLifetimes = 5
 
-// read is every pre-auth read: each has its own deadline (preauth_timeout),
-// capped by the pre-auth phase's total lifetime.
-func (s *session) read(b []byte) (int, error) {
+// armLine starts a wait for the client: a command, a synchronizing literal after
+// its "+", a SASL response after its challenge. The client has preauth_timeout
+// from now to send all of it, however it spreads the bytes: a deadline re-armed
+// on every read would let one byte every few seconds hold the session (issue
+// 10.2). The deadline is capped by the pre-auth phase's total lifetime.
+func (s *session) armLine() {
+	s.conn.SetReadDeadline(s.lineDeadline())
+	if s.srv.ctx.Err() != nil {
+		// interrupt ran before the deadline above replaced its own.
+		s.conn.SetReadDeadline(time.Now())
+	}
+}
+
+// lineDeadline is preauth_timeout from now, capped by the pre-auth lifetime.
+func (s *session) lineDeadline() time.Time {
 	timeout := s.cfg.Limits.PreauthTimeout.Duration
 	deadline := time.Now().Add(timeout)
 	if end := s.since.Add(preauthLifetimes * timeout); end.Before(deadline) {
 		deadline = end
 	}
-	s.conn.SetReadDeadline(deadline)
-	return s.conn.Read(b)
+	return deadline
 }
-
-type readerFunc func([]byte) (int, error)
-
-func (f readerFunc) Read(b []byte) (int, error) { return f(b) }
 
 // write sends a reply. A failed write ends the session: a client that does not
 // read its replies must not be answered command by command from the buffer,
@@ -233,6 +258,7 @@ func (s *session) capabilities() string {
 // owns the connections now), leaves, errs or is told to.
 func (s *session) loop() bool {
 	for {
+		s.armLine()
 		cmd, err := s.rd.ReadCommand()
 		if err != nil {
 			if s.readFailed(err) {
@@ -287,7 +313,9 @@ func (s *session) readFailed(err error) bool {
 }
 
 func (s *session) bye(text string) {
-	s.writef("* BYE %s\r\n", text)
+	if s.writef("* BYE %s\r\n", text) == nil {
+		s.saidBye = true
+	}
 }
 
 // dispatch runs one command. done reports that the loop must stop; relaying
@@ -299,7 +327,9 @@ func (s *session) dispatch(cmd *imapwire.Command) (relaying, done bool) {
 	case "NOOP":
 		s.writef("%s OK NOOP completed\r\n", cmd.Tag)
 	case "LOGOUT":
-		s.writef("* BYE Logging out\r\n%s OK LOGOUT completed\r\n", cmd.Tag)
+		if s.writef("* BYE Logging out\r\n%s OK LOGOUT completed\r\n", cmd.Tag) == nil {
+			s.saidBye = true // pipelined input after LOGOUT must not reset the reply away
+		}
 		return false, true
 	case "ID":
 		s.writef("* ID (\"name\" \"imapgw\")\r\n%s OK ID completed\r\n", cmd.Tag)
