@@ -106,6 +106,13 @@ func TestSlowloris(t *testing.T) {
 // Those over the cap are closed at accept, before any TLS; the others are
 // reclaimed after preauth_timeout; then the gateway serves again and its
 // goroutines are back to where they were.
+//
+// On a loaded machine dialling 2,000 connections can take longer than
+// preauth_timeout, and then the first sessions' slots are legitimately free
+// again for the last dials. So the cap is checked on the connections dialled
+// before the first session could expire (the first window), where at most
+// max_connections may be held open, and over the whole flood as "never more
+// than max_connections sessions at once".
 func TestSilentFlood(t *testing.T) {
 	const conns, maxConns = 2000, 1000
 	const preauth = 2 * time.Second
@@ -116,7 +123,24 @@ func TestSilentFlood(t *testing.T) {
 	})
 	base := runtime.NumGoroutine()
 	start := time.Now()
-	var early, late, stuck atomic.Int32
+	window := preauth * 3 / 4 // dialled before any session can have expired
+	var early, late, stuck, windowDials, windowHeld atomic.Int32
+	var maxSeen atomic.Int64
+	stopWatch := make(chan struct{})
+	watched := make(chan struct{})
+	go func() { // the cap holds at every moment of the flood
+		defer close(watched)
+		for {
+			if n := int64(len(g.srv.Sessions())); n > maxSeen.Load() {
+				maxSeen.Store(n)
+			}
+			select {
+			case <-stopWatch:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}()
 	var wg sync.WaitGroup
 	for i := 0; i < conns; i++ {
 		addr := g.implicit
@@ -124,6 +148,10 @@ func TestSilentFlood(t *testing.T) {
 			addr = g.starttls // greeted, then silent
 		}
 		conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		inWindow := time.Since(start) < window
+		if inWindow {
+			windowDials.Add(1)
+		}
 		if err != nil {
 			if !isReset(err) { // refused at accept with a reset
 				t.Fatalf("dial %d: %v", i, err)
@@ -142,17 +170,29 @@ func TestSilentFlood(t *testing.T) {
 				early.Add(1)
 			default:
 				late.Add(1)
+				if inWindow {
+					windowHeld.Add(1)
+				}
 			}
 		}()
 	}
-	if n := len(g.srv.Sessions()); n > maxConns {
-		t.Errorf("%d sessions during the flood, want at most max_connections %d", n, maxConns)
-	}
 	wg.Wait()
-	t.Logf("%d connections in %v: %d closed at once, %d after preauth_timeout, %d never", conns, time.Since(start).Round(time.Millisecond), early.Load(), late.Load(), stuck.Load())
-	if stuck.Load() != 0 || late.Load() > maxConns || early.Load() < conns-maxConns {
-		t.Errorf("closed at once %d (want >= %d), after preauth_timeout %d (want <= %d), never %d (want 0)",
-			early.Load(), conns-maxConns, late.Load(), maxConns, stuck.Load())
+	close(stopWatch)
+	<-watched
+	t.Logf("%d connections in %v: %d closed at once, %d after preauth_timeout, %d never; first window: %d dials, %d held; most sessions at once %d",
+		conns, time.Since(start).Round(time.Millisecond), early.Load(), late.Load(), stuck.Load(), windowDials.Load(), windowHeld.Load(), maxSeen.Load())
+	if stuck.Load() != 0 {
+		t.Errorf("%d connections never closed, want 0", stuck.Load())
+	}
+	if windowHeld.Load() > maxConns {
+		t.Errorf("%d of the %d connections dialled in the first %v were held until preauth_timeout, want at most max_connections %d",
+			windowHeld.Load(), windowDials.Load(), window, maxConns)
+	}
+	if windowDials.Load() > maxConns && windowHeld.Load() < maxConns/2 {
+		t.Errorf("only %d connections held in the first window, want the gateway to fill most of its %d slots", windowHeld.Load(), maxConns)
+	}
+	if maxSeen.Load() > maxConns {
+		t.Errorf("%d sessions at once during the flood, want at most max_connections %d", maxSeen.Load(), maxConns)
 	}
 	waitNoSessions(t, g)
 	settleGoroutines(t, base, 5)
