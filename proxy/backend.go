@@ -392,8 +392,9 @@ func (bc *backendConn) untagged(res *loginResult, st status, line string) {
 // but so is its outage, "NO Server Unavailable. 15" (sometimes followed by
 // "* BYE Connection closed."). Counting that as a failure would tarpit and ban
 // every user retrying through an outage, so known code-less outage texts are
-// unavailable. Its other outage reply, "BAD User is authenticated but not
-// connected.", is a BAD, unavailable like every BAD.
+// unavailable. (Its other outage reply, "BAD User is authenticated but not
+// connected.", answers the commands after a successful login; were it the
+// login's answer, it is a BAD: unavailable like every BAD.)
 func classify(st status) string {
 	switch st.kind {
 	case "OK":

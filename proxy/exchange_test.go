@@ -289,10 +289,12 @@ func TestExchangeFailedLogins(t *testing.T) {
 }
 
 // TestExchangeOutageBansNobody: during an Exchange outage every login gets a
-// code-less NO ("NO Server Unavailable. 15", with or without "* BYE
-// Connection closed.") or "BAD User is authenticated but not connected.".
-// Users retrying through it from one address are told to try later, are not
-// tarpitted, counted or banned, and log in once Exchange is back.
+// code-less NO, "NO Server Unavailable. 15", with or without "* BYE Connection
+// closed." after it. Users retrying through it from one address are told to
+// try later, and are not tarpitted, counted or banned. In the other outage
+// Exchange accepts the login and answers mailbox commands "BAD User is
+// authenticated but not connected.": that login is a success, relayed as is.
+// Everyone logs in once Exchange is back.
 func TestExchangeOutageBansNobody(t *testing.T) {
 	e := startExchange(t, false)
 	g := startGateway(t, "", func(c *conf.Config) {
@@ -304,13 +306,8 @@ func TestExchangeOutageBansNobody(t *testing.T) {
 		c.Bans.FailureDelay = conf.D(2 * time.Second)
 	})
 	users := []string{"alice", "bob", "carol"}
-	outages := map[testbed.Outage]string{
-		testbed.OutageNO:           "NO Server Unavailable. 15",
-		testbed.OutageNOBye:        "NO Server Unavailable. 15",
-		testbed.OutageNotConnected: "BAD User is authenticated but not connected.",
-	}
 	attempts := 0
-	for outage, reply := range outages {
+	for _, outage := range []testbed.Outage{testbed.OutageNO, testbed.OutageNOBye} {
 		e.SetOutage(outage)
 		for _, u := range users {
 			for range 2 {
@@ -324,12 +321,26 @@ func TestExchangeOutageBansNobody(t *testing.T) {
 				}
 				c.conn.Close()
 				attempts++
-				if l := lastLogin(t, e); l.User != u || l.Reply != reply {
-					t.Fatalf("Exchange answered %+v, want %q for %s", l, reply, u)
+				if l := lastLogin(t, e); l.User != u || l.Reply != "NO Server Unavailable. 15" {
+					t.Fatalf("Exchange answered %+v, want NO Server Unavailable. 15 for %s", l, u)
 				}
 			}
 		}
 	}
+
+	e.SetOutage(testbed.OutageNotConnected)
+	for _, u := range users {
+		c := dialRawFrom(t, "127.0.0.7", g.implicit, g.clientTLS())
+		greeting(t, c)
+		c.send("a LOGIN " + u + " " + quote(testPasswords[u]) + "\r\n")
+		c.expect("a OK [CAPABILITY ")
+		c.send("b SELECT INBOX\r\nc LIST \"\" *\r\n")
+		c.expect("b BAD User is authenticated but not connected.")
+		c.expect("c BAD User is authenticated but not connected.")
+		c.expect("* BYE Connection closed. 14")
+		c.expectClosed()
+	}
+
 	if bans := g.lim.Bans(); len(bans) != 0 {
 		t.Errorf("bans after %d logins during an outage: %+v", attempts, bans)
 	}

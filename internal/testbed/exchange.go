@@ -66,7 +66,10 @@ const (
 	OutageNO
 	// OutageNOBye answers that NO, then "* BYE Connection closed." and closes.
 	OutageNOBye
-	// OutageNotConnected answers "BAD User is authenticated but not connected." [2].
+	// OutageNotConnected accepts good credentials and CAPABILITY, then answers
+	// mailbox commands (SELECT, LIST, NAMESPACE, …) "BAD User is authenticated
+	// but not connected.", the second one followed by "* BYE Connection closed.
+	// 14" [5]: the mailbox is unreachable, which the login does not reveal.
 	OutageNotConnected
 )
 
@@ -261,6 +264,9 @@ type exConn struct {
 	tls      bool
 	mailbox  string // "" until logged in
 	failures int
+	// notConnected: logged in during OutageNotConnected; badCount counts its BADs.
+	notConnected bool
+	badCount     int
 }
 
 // errClose ends a connection after its last reply.
@@ -353,6 +359,9 @@ func (c *exConn) notAuthenticated(tag, name string, args [][]byte) error {
 }
 
 func (c *exConn) authenticated(tag, name string, args [][]byte) error {
+	if c.notConnected {
+		return c.unreachable(tag)
+	}
 	switch name {
 	case "SELECT", "EXAMINE":
 		if len(args) != 1 || !strings.EqualFold(string(args[0]), "INBOX") {
@@ -383,6 +392,18 @@ func (c *exConn) authenticated(tag, name string, args [][]byte) error {
 		return c.reply(tag, exInvalidState)
 	}
 	return c.reply(tag, exCommandError)
+}
+
+// unreachable answers a mailbox command while the mailbox cannot be reached.
+func (c *exConn) unreachable(tag string) error {
+	if err := c.reply(tag, "BAD User is authenticated but not connected."); err != nil {
+		return err
+	}
+	if c.badCount++; c.badCount >= 2 {
+		c.writeLine("* BYE Connection closed. 14")
+		return errClose
+	}
+	return nil
 }
 
 // id answers RFC 2971 ID; Exchange rejects an empty list [1] (testbed: with
@@ -444,8 +465,6 @@ func (c *exConn) login(tag string, l ExchangeLogin, password string) error {
 		c.replies(tag, l.Reply)
 		c.writeLine("* BYE Connection closed.")
 		return errClose
-	case OutageNotConnected:
-		l.Reply = "BAD User is authenticated but not connected."
 	default:
 		l.Mailbox = c.e.check(l, password)
 		l.Reply = no
@@ -458,6 +477,7 @@ func (c *exConn) login(tag string, l ExchangeLogin, password string) error {
 		return c.fail(tag, no)
 	}
 	c.mailbox = l.Mailbox
+	c.notConnected = c.e.currentOutage() == OutageNotConnected
 	return c.reply(tag, l.Reply)
 }
 

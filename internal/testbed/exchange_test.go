@@ -150,8 +150,14 @@ func TestExchangeOutagesAndLimits(t *testing.T) {
 	s.closed()
 	e.SetOutage(OutageNotConnected)
 	s = open()
-	s.do("a LOGIN alice alice-secret\r\n", "a BAD User is authenticated but not connected.")
+	s.do("a LOGIN alice wrong\r\n", "a NO LOGIN failed.")
+	s.do("b LOGIN alice alice-secret\r\n", "b OK LOGIN completed.")
+	s.do("c NOOP\r\n", "c OK NOOP completed.")
+	s.do("d NAMESPACE\r\n", "d BAD User is authenticated but not connected.")
+	s.do("e SELECT INBOX\r\n", "e BAD User is authenticated but not connected.", "* BYE Connection closed. 14")
+	s.closed()
 	e.SetOutage(Up)
+	s = open()
 	s.do("b LOGIN alice alice-secret\r\n", "b OK LOGIN completed.")
 }
 
