@@ -95,8 +95,8 @@ func TestExchangeBackendTLS(t *testing.T) {
 						t.Fatalf("%s through the gateway: %v", how, err)
 					}
 					caps := c.Caps()
-					if !caps.Has("IDLE") || !caps.Has("UIDPLUS") || !caps.Has("MOVE") {
-						t.Errorf("post-login capabilities %v are not Exchange's (IDLE UIDPLUS MOVE)", caps)
+					if !caps.Has("IDLE") || !caps.Has("MOVE") || !caps.Has("XPROXY3") {
+						t.Errorf("post-login capabilities %v are not Exchange's post-login ones (IDLE MOVE XPROXY3)", caps)
 					}
 					if caps.Has("LOGINDISABLED") || caps.Has("STARTTLS") {
 						t.Errorf("post-login capabilities %v carry pre-TLS ones", caps)
@@ -119,7 +119,7 @@ func TestExchangeBackendTLS(t *testing.T) {
 				c.send("r LOGIN alice " + quote(testPasswords["alice"]) + "\r\n")
 				ir := map[bool]string{false: "", true: " SASL-IR"}[saslIR]
 				want := "r OK [CAPABILITY IMAP4 IMAP4rev1 AUTH=PLAIN AUTH=NTLM AUTH=GSSAPI" + ir +
-					" UIDPLUS MOVE ID UNSELECT CHILDREN IDLE NAMESPACE LITERAL+] Logged in"
+					" UIDPLUS MOVE ID UNSELECT XPROXY3 CHILDREN IDLE NAMESPACE LITERAL+] Logged in"
 				if l, _ := c.expect("r "); l != want {
 					t.Errorf("raw LOGIN answered %q, want %q", l, want)
 				}
@@ -213,6 +213,15 @@ func TestExchangeSharedMailboxNames(t *testing.T) {
 							f.name, l.User, l.Mailbox, l.Mech, n.user, wantMech)
 					}
 				}
+			}
+			// An authorization identity goes as PLAIN whatever SASL-IR says:
+			// without it, after Exchange's bare "+".
+			c := dialRaw(t, g.implicit, g.clientTLS())
+			greeting(t, c)
+			c.send("z AUTHENTICATE PLAIN " + b64("sales@example.com\x00alice@example.com\x00"+testPasswords["alice"]) + "\r\n")
+			c.expect("z OK")
+			if l := lastLogin(t, e); l.User != "alice@example.com" || l.Authzid != "sales@example.com" || l.Mailbox != "sales" || l.Mech != "PLAIN" {
+				t.Errorf("PLAIN with an authzid: Exchange saw %+v", l)
 			}
 			assertNoPasswords(t, g.logs.String())
 		})

@@ -40,9 +40,10 @@ const (
 
 // exCaps builds the CAPABILITY list. Before TLS (SecureLogin, the default) there
 // is no AUTH= and LOGINDISABLED; after STARTTLS or on 993, AUTH=PLAIN NTLM GSSAPI.
-// 2016/2019 add UNSELECT, and SASL-IR in one source [1]. After login the testbed
-// repeats the post-TLS list (testbed: no transcript shows Exchange's).
-func exCaps(tls, saslIR bool) string {
+// 2016/2019 add UNSELECT, and SASL-IR in one source [1]. After login Exchange
+// 2013 adds XPROXY3 [1] (Exchange Online other private ones [3]): a client must
+// ask again rather than keep the list it had before login.
+func exCaps(tls, saslIR, authed bool) string {
 	caps := "IMAP4 IMAP4rev1"
 	if tls {
 		caps += " AUTH=PLAIN AUTH=NTLM AUTH=GSSAPI"
@@ -52,7 +53,11 @@ func exCaps(tls, saslIR bool) string {
 	if saslIR {
 		caps += " SASL-IR"
 	}
-	return caps + " UIDPLUS MOVE ID UNSELECT CHILDREN IDLE NAMESPACE LITERAL+"
+	caps += " UIDPLUS MOVE ID UNSELECT"
+	if authed {
+		caps += " XPROXY3"
+	}
+	return caps + " CHILDREN IDLE NAMESPACE LITERAL+"
 }
 
 // Outage is how the Exchange testbed answers credentials while its mailbox
@@ -312,7 +317,7 @@ func (c *exConn) serve() {
 func (c *exConn) command(tag, name string, args [][]byte) error {
 	switch name {
 	case "CAPABILITY":
-		return c.replies(tag, "* CAPABILITY "+exCaps(c.tls, c.e.o.SASLIR), "OK CAPABILITY completed.")
+		return c.replies(tag, "* CAPABILITY "+exCaps(c.tls, c.e.o.SASLIR, c.mailbox != ""), "OK CAPABILITY completed.")
 	case "NOOP":
 		return c.reply(tag, "OK NOOP completed.")
 	case "LOGOUT":

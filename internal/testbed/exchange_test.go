@@ -87,6 +87,9 @@ func TestExchangeWire(t *testing.T) {
 	shared := `alice@example.com\sales@example.com`
 	s.do("j LOGIN {35}\r\n", "+ Ready for additional command text.")
 	s.do(shared+" \"alice-secret\"\r\n", "j OK LOGIN completed.")
+	s.do("k0 CAPABILITY\r\n",
+		"* CAPABILITY IMAP4 IMAP4rev1 AUTH=PLAIN AUTH=NTLM AUTH=GSSAPI UIDPLUS MOVE ID UNSELECT XPROXY3 CHILDREN IDLE NAMESPACE LITERAL+",
+		"k0 OK CAPABILITY completed.")
 	s.do("k SELECT INBOX\r\n", "* 0 EXISTS", "* 0 RECENT")
 	s.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
 	for l := ""; !strings.HasPrefix(l, "k "); {
