@@ -416,9 +416,10 @@ func classify(st status) string {
 }
 
 // codelessUnavailable recognises a code-less NO that is not about the
-// credentials: Exchange's outage ("Server Unavailable. 15", the number varies),
-// and Exchange's answer to the gateway cancelling a SASL exchange (it cancels
-// only when a confused backend asks for more than the mechanism has).
+// credentials: Exchange's outage ("Server Unavailable. 15", matched without its
+// diagnostic number), and Exchange's answer to the gateway cancelling a SASL
+// exchange (it cancels only when a confused backend asks for more than the
+// mechanism has).
 func codelessUnavailable(text string) bool {
 	for _, prefix := range []string{"server unavailable", "the auth protocol exchange was canceled"} {
 		if len(text) >= len(prefix) && strings.EqualFold(text[:len(prefix)], prefix) {
