@@ -386,11 +386,23 @@ func (bc *backendConn) untagged(res *loginResult, st status, line string) {
 // classify maps the backend's tagged reply to a login outcome. Only
 // AUTHENTICATIONFAILED or a code-less NO says the credentials were wrong
 // (RFC 5530); other codes are the backend's to explain and not the client's fault.
+//
+// Exchange sends no response codes at all (NOTES.md, "Exchange"): its failed
+// password is a code-less NO ("NO LOGIN failed.", "NO AUTHENTICATE failed."),
+// but so is its outage, "NO Server Unavailable. 15" (sometimes followed by
+// "* BYE Connection closed."). Counting that as a failure would tarpit and ban
+// every user retrying through an outage, so known code-less outage texts are
+// unavailable. (Its other outage reply, "BAD User is authenticated but not
+// connected.", answers the commands after a successful login; were it the
+// login's answer, it is a BAD: unavailable like every BAD.)
 func classify(st status) string {
 	switch st.kind {
 	case "OK":
 		return outcomeOK
 	case "NO":
+		if st.code == "" && codelessUnavailable(st.text) {
+			return outcomeUnavailable
+		}
 		if st.code == "" || st.code == "AUTHENTICATIONFAILED" {
 			return outcomeFailed
 		}
@@ -401,6 +413,20 @@ func classify(st status) string {
 	default:
 		return outcomeUnavailable
 	}
+}
+
+// codelessUnavailable recognises a code-less NO that is not about the
+// credentials: Exchange's outage ("Server Unavailable. 15", matched without its
+// diagnostic number), and Exchange's answer to the gateway cancelling a SASL
+// exchange (it cancels only when a confused backend asks for more than the
+// mechanism has).
+func codelessUnavailable(text string) bool {
+	for _, prefix := range []string{"server unavailable", "the auth protocol exchange was canceled"} {
+		if len(text) >= len(prefix) && strings.EqualFold(text[:len(prefix)], prefix) {
+			return true
+		}
+	}
+	return false
 }
 
 // postLoginCaps returns the capabilities to put in the client's OK: from the

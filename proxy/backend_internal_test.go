@@ -49,6 +49,13 @@ func TestClassify(t *testing.T) {
 		{"gwl NO [EXPIRED] Password expired", outcomeRejected},
 		{"gwl NO [CONTACTADMIN] Call us", outcomeRejected},
 		{"gwl BAD Error in IMAP command", outcomeUnavailable},
+		// Exchange: no codes, so the text tells a password from an outage.
+		{"gwl NO LOGIN failed.", outcomeFailed},
+		{"gwl NO AUTHENTICATE failed.", outcomeFailed},
+		{"gwl NO Server Unavailable. 15", outcomeUnavailable},
+		{"gwl NO server unavailable. 21", outcomeUnavailable},
+		{"gwl NO The AUTH protocol exchange was canceled by the client.", outcomeUnavailable},
+		{"gwl BAD User is authenticated but not connected.", outcomeUnavailable},
 	}
 	for _, tc := range cases {
 		if got := classify(parseStatus(tc.line)); got != tc.want {

@@ -442,17 +442,22 @@ func (r *Reader) list(depth int) (Value, error) {
 // isAtomChar: any CHAR8 except atom-specials (RFC 9051: "(" / ")" / "{" / SP /
 // CTL / list-wildcards / quoted-specials / resp-specials). ']' is allowed
 // because ASTRING-CHAR includes it; '%' and '*' because LIST patterns and SASL
-// cancel use them; 8-bit bytes because clients send UTF-8 passwords as atoms.
+// cancel use them; 8-bit bytes because clients send UTF-8 passwords as atoms;
+// '\\' because Python's imaplib sends LOGIN's user name unquoted, and Exchange
+// shared-mailbox names (user@dom\shared@dom) contain it (issue 10 point 6).
+// The gateway re-encodes every value it forwards, so this leniency stays here.
 func isAtomChar(c byte) bool {
 	switch c {
-	case '(', ')', '{', ' ', '"', '\\', 0x7f:
+	case '(', ')', '{', ' ', '"', 0x7f:
 		return false
 	}
 	return c > 0x20
 }
 
 // isTagChar: ASTRING-CHAR except "+", and 7-bit only.
-func isTagChar(c byte) bool { return c < 0x80 && c != '+' && c != '%' && c != '*' && isAtomChar(c) }
+func isTagChar(c byte) bool {
+	return c < 0x80 && c != '+' && c != '%' && c != '*' && c != '\\' && isAtomChar(c)
+}
 
 func isAlpha(c byte) bool { return (c|0x20) >= 'a' && (c|0x20) <= 'z' }
 func isAlnum(c byte) bool { return isAlpha(c) || (c >= '0' && c <= '9') }

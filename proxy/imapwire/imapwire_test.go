@@ -109,6 +109,8 @@ func TestReadCommand(t *testing.T) {
 		{in: "a1 LOGIN \xc3\xa5lice p\xe4ss\r\n", want: `a1 LOGIN a"ålice" a"p\xe4ss"`}, // 8-bit atoms
 		{in: "a1 LOGIN alice]x se]cret\r\n", want: `a1 LOGIN a"alice]x" a"se]cret"`},
 		{in: "a1 LOGIN alice pass}word\r\n", want: `a1 LOGIN a"alice" a"pass}word"`},
+		// imaplib's unquoted user: an Exchange shared mailbox (issue 10 point 6).
+		{in: `a1 LOGIN alice@dom\shared@dom "pw"` + "\r\n", want: `a1 LOGIN a"alice@dom\\shared@dom" q"pw"`},
 		{in: "a1 LOGIN \"tab\there\" x\r\n", want: `a1 LOGIN q"tab\there" a"x"`}, // TEXT-CHAR includes HTAB
 
 		// Synchronizing literals: one continuation request each.
