@@ -18,6 +18,7 @@ import (
 	"github.com/imapgw/imapgw/internal/testbed"
 	"github.com/imapgw/imapgw/limiter"
 	"github.com/imapgw/imapgw/proxy"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // gateway is a running gateway for one test, with its log captured.
@@ -29,6 +30,7 @@ type gateway struct {
 	starttls string // address of the STARTTLS listener
 	ca       *testbed.CA
 	logs     *testbed.LogBuffer
+	reg      *prometheus.Registry // the server's metrics
 }
 
 type staticCerts struct{ conf *tls.Config }
@@ -57,7 +59,7 @@ func startGateway(t *testing.T, backend string, edit func(*conf.Config)) *gatewa
 	if edit != nil {
 		edit(cfg)
 	}
-	g := &gateway{cfg: cfg, ca: testbed.NewCA(t), logs: &testbed.LogBuffer{}}
+	g := &gateway{cfg: cfg, ca: testbed.NewCA(t), logs: &testbed.LogBuffer{}, reg: prometheus.NewRegistry()}
 	log := slog.New(slog.NewTextHandler(g.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	lim, err := limiter.New(cfg.Bans, cfg.Limits, limiter.Options{Logger: log, StateDir: cfg.Server.StateDir})
 	if err != nil {
@@ -66,7 +68,7 @@ func startGateway(t *testing.T, backend string, edit func(*conf.Config)) *gatewa
 	g.lim = lim
 	leaf := g.ca.Leaf(t, "localhost", "127.0.0.1", "127.0.0.2")
 	certs := staticCerts{&tls.Config{Certificates: []tls.Certificate{leaf}, NextProtos: []string{"imap"}}}
-	srv, err := proxy.New(cfg, proxy.Options{Policy: lim, Certs: certs, Logger: log})
+	srv, err := proxy.New(cfg, proxy.Options{Policy: lim, Certs: certs, Logger: log, Registerer: g.reg})
 	if err != nil {
 		t.Fatal(err)
 	}
