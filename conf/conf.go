@@ -80,7 +80,8 @@ type Backend struct {
 	ClientIP       string   `toml:"client_ip"`       // "id" (default), "proxy-v2", "proxy-v1" or "none"
 	ConnectTimeout Duration `toml:"connect_timeout"` // default 5s: dial, TLS, greeting and pre-login commands (CAPABILITY, STARTTLS)
 	// LoginTimeout, default 30s, bounds the wait for the backend's answer once the
-	// credentials are sent (continuations included). Dovecot answers a failed login
+	// credentials are sent (continuations included; an ID carrying the client's
+	// address goes in the same write, so its answer too). Dovecot answers a failed login
 	// after auth_failure_delay (2s) plus its auth penalty (up to 15s per address),
 	// so it must stay above 17s or attackers' failures look like outages (issue 10).
 	LoginTimeout Duration `toml:"login_timeout"`

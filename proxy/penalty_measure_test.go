@@ -69,9 +69,9 @@ func measureAttack(t *testing.T, opts testbed.DovecotOptions, attacker, owner st
 	took := time.Since(start)
 	waitAuthFailures(t, d, attacker, answered)
 	slices.Sort(during)
-	t.Logf("guesses answered %d, reached Dovecot %d, banned after %v (%s); each guess answered after %s; "+
+	t.Logf("%s: guesses answered %d, reached Dovecot %d, banned after %v (%s); each guess answered after %s; "+
 		"owner's login before %v, during (%d logins) min %v median %v max %v",
-		answered, d.AuthFailures(attacker), took.Round(100*time.Millisecond), banReason(g.logs.String()),
+		t.Name(), answered, d.AuthFailures(attacker), took.Round(100*time.Millisecond), banReason(g.logs.String()),
 		guessTimes(g.logs.String(), attacker), before.Round(time.Millisecond), len(during),
 		during[0].Round(time.Millisecond), during[len(during)/2].Round(time.Millisecond), during[len(during)-1].Round(time.Millisecond))
 }
