@@ -46,7 +46,7 @@ func (s *session) tryLogin(tag string, c creds) (relaying, done bool) {
 		outcome, reason := outcomeUnavailable, "backend error"
 		if res.outcome == outcomeTimeout {
 			// Its own outcome: a backend too slow for login_timeout is not down,
-			// and the operator must see it (issue 10). Not counted either way.
+			// and the operator must see it (issue 10). Not a failure for the policy.
 			outcome = outcomeTimeout
 		}
 		if res.err != nil {
