@@ -78,7 +78,13 @@ type Backend struct {
 	TLSCAFile      string   `toml:"tls_ca_file"`     // default: system roots
 	TLSSkipVerify  bool     `toml:"tls_skip_verify"` // default false
 	ClientIP       string   `toml:"client_ip"`       // "id" (default), "proxy-v2", "proxy-v1" or "none"
-	ConnectTimeout Duration `toml:"connect_timeout"` // default 5s; also bounds greeting and login reply
+	ConnectTimeout Duration `toml:"connect_timeout"` // default 5s: dial, TLS, greeting and pre-login commands (CAPABILITY, STARTTLS)
+	// LoginTimeout, default 30s, bounds the wait for the backend's answer once the
+	// credentials are sent (continuations included; an ID carrying the client's
+	// address goes in the same write, so its answer too). Dovecot answers a failed login
+	// after auth_failure_delay (2s) plus its auth penalty (up to 15s per address),
+	// so it must stay above 17s or attackers' failures look like outages (issue 10).
+	LoginTimeout Duration `toml:"login_timeout"`
 }
 
 // How the client's address is passed to the backend.
@@ -160,6 +166,7 @@ func Default() *Config {
 			TLS:            TLSNone,
 			ClientIP:       ClientIPID,
 			ConnectTimeout: D(5 * time.Second),
+			LoginTimeout:   D(30 * time.Second),
 		},
 		Limits: Limits{
 			PreauthTimeout:               D(30 * time.Second),

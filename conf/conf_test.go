@@ -39,7 +39,7 @@ func TestParseDefaults(t *testing.T) {
 	if c.Admin.TLS != TLSNone || len(c.Admin.Names) != 0 {
 		t.Errorf("admin = %+v, want tls none and no names", c.Admin)
 	}
-	if c.Backend.ClientIP != ClientIPID || c.Backend.ConnectTimeout.Duration != 5*time.Second {
+	if c.Backend.ClientIP != ClientIPID || c.Backend.ConnectTimeout.Duration != 5*time.Second || c.Backend.LoginTimeout.Duration != 30*time.Second {
 		t.Errorf("backend = %+v, want the defaults", c.Backend)
 	}
 }
@@ -52,6 +52,7 @@ tls = "starttls"
 tls_server_name = "imap.internal"
 client_ip = "proxy-v2"
 connect_timeout = "2s"
+login_timeout = "45s"
 
 [bans]
 allow = ["192.0.2.0/24"]
@@ -76,7 +77,7 @@ ca_file = "/etc/imapgw/admin-ca.pem"
 	if got := c.Bans.Allow; len(got) != 1 || got[0] != netip.MustParsePrefix("192.0.2.0/24") {
 		t.Errorf("bans.allow = %v, want [192.0.2.0/24] (replacing the default)", got)
 	}
-	if c.Backend.TLS != TLSStartTLS || c.Backend.ClientIP != ClientIPProxyV2 || c.Backend.ConnectTimeout.Duration != 2*time.Second {
+	if c.Backend.TLS != TLSStartTLS || c.Backend.ClientIP != ClientIPProxyV2 || c.Backend.ConnectTimeout.Duration != 2*time.Second || c.Backend.LoginTimeout.Duration != 45*time.Second {
 		t.Errorf("backend = %+v", c.Backend)
 	}
 	if c.Limits.MaxLine != 4096 || c.Admin.Address != "127.0.0.1:9000" {
@@ -115,6 +116,7 @@ func TestParseErrors(t *testing.T) {
 		{"syntax", "[server\n", "t.toml:2: "},
 		{"contradiction", minimal + "[backend]\ntls = \"implicit\"\ntls_skip_verify = true\ntls_ca_file = \"/ca.pem\"\n", "backend.tls_skip_verify: contradicts"},
 		{"backend tls settings without tls", minimal + "[backend]\ntls_ca_file = \"/ca.pem\"\n", "t.toml:10: backend.tls: is \"none\""},
+		{"zero login timeout", minimal + "[backend]\nlogin_timeout = \"0s\"\n", "t.toml:11: backend.login_timeout: must be a positive duration"},
 		{"log level", minimal + "[log]\nlevel = \"verbose\"\n", "t.toml:11: log.level"},
 	}
 	for _, tc := range cases {

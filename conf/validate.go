@@ -145,6 +145,7 @@ func (v *validator) backend(b *Backend) {
 	v.oneOf("backend.tls", b.TLS, TLSNone, TLSImplicit, TLSStartTLS)
 	v.oneOf("backend.client_ip", b.ClientIP, ClientIPID, ClientIPProxyV2, ClientIPProxyV1, ClientIPNone)
 	v.positiveDuration("backend.connect_timeout", b.ConnectTimeout)
+	v.positiveDuration("backend.login_timeout", b.LoginTimeout)
 	if b.TLSSkipVerify && b.TLSCAFile != "" {
 		v.fail("backend.tls_skip_verify", "contradicts backend.tls_ca_file: verify with the CA, or skip verification, not both")
 	}

@@ -26,11 +26,13 @@ type backendSettings struct {
 	mode     string // conf.TLSNone, TLSImplicit, TLSStartTLS
 	tls      *tls.Config
 	clientIP string
-	timeout  time.Duration
+	timeout  time.Duration // connect_timeout: dial, greeting, pre-login commands
+	login    time.Duration // login_timeout: the reply to the credentials
 }
 
 func newBackendSettings(b conf.Backend) (*backendSettings, error) {
-	bs := &backendSettings{addr: b.Servers[0], mode: b.TLS, clientIP: b.ClientIP, timeout: b.ConnectTimeout.Duration}
+	bs := &backendSettings{addr: b.Servers[0], mode: b.TLS, clientIP: b.ClientIP,
+		timeout: b.ConnectTimeout.Duration, login: b.LoginTimeout.Duration}
 	if b.TLS == conf.TLSNone {
 		return bs, nil
 	}
@@ -74,6 +76,7 @@ const (
 	outcomeFailed      = "failed"   // wrong credentials: counted by the policy
 	outcomeRejected    = "rejected" // a NO with another code (EXPIRED, …): passed on, not counted
 	outcomeUnavailable = "error"    // backend down, slow, or confused
+	outcomeTimeout     = "timeout"  // no answer to the credentials within login_timeout: not counted
 	outcomeRefused     = "refused"  // the policy said no; the backend never saw it
 )
 
@@ -89,8 +92,13 @@ type loginResult struct {
 // errBackend marks an answer from the backend that makes no sense here.
 var errBackend = errors.New("unexpected backend response")
 
+// errLoginTimeout is the reason logged when the backend took the credentials and
+// did not answer within login_timeout.
+var errLoginTimeout = errors.New("login reply timeout")
+
 // backendLogin dials the backend, passes the client's address on and replays the
-// credentials. Every step is bounded by backend.connect_timeout.
+// credentials. Every step up to the credentials is bounded by
+// backend.connect_timeout, the answer to them by backend.login_timeout.
 func (s *session) backendLogin(ctx context.Context, bs *backendSettings, c creds) loginResult {
 	bc, err := s.dialBackend(ctx, bs)
 	if err != nil {
@@ -268,7 +276,10 @@ func (s *session) replayLogin(bs *backendSettings, bc *backendConn, c creds) log
 			s.logger().Warn("backend does not advertise ID: the client's address is not passed on (set backend.client_ip)")
 		}
 	}
-	bc.conn.SetDeadline(time.Now().Add(bs.timeout))
+	// Dovecot answers a failed login only after its auth penalty for the client's
+	// address (up to 15 s) plus auth_failure_delay: connect_timeout would turn an
+	// attacker's failures into backend errors the policy never counts (issue 10).
+	bc.conn.SetDeadline(time.Now().Add(bs.login))
 	if _, err := bc.conn.Write([]byte(chunks[0])); err != nil {
 		return loginResult{outcome: outcomeUnavailable, err: fmt.Errorf("writing login: %w", err)}
 	}
@@ -335,6 +346,10 @@ func (bc *backendConn) loginReply(rest []string) loginResult {
 	var res loginResult
 	for {
 		line, err := readResponse(bc.br)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			res.outcome, res.err = outcomeTimeout, errLoginTimeout
+			return res
+		}
 		if err != nil {
 			res.outcome, res.err = outcomeUnavailable, fmt.Errorf("reading login reply: %w", err)
 			return res

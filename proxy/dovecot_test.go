@@ -16,10 +16,11 @@ import (
 	"github.com/imapgw/imapgw/internal/testbed"
 )
 
-// startDovecot runs a real Dovecot with TLS listeners and no failure delay.
+// startDovecot runs a real Dovecot with TLS listeners and its default failure
+// delay and auth penalty, as operators run it.
 func startDovecot(t *testing.T) *testbed.Dovecot {
 	t.Helper()
-	return testbed.StartDovecot(t, testbed.DovecotOptions{TLS: true, AuthFailureDelay: -1})
+	return testbed.StartDovecot(t, testbed.DovecotOptions{TLS: true})
 }
 
 // TestDovecotClientForms runs every real client's login form through both

@@ -43,11 +43,16 @@ func (s *session) tryLogin(tag string, c creds) (relaying, done bool) {
 		s.logAuth(c, bs.addr, res.outcome, res.st.String(), start)
 		s.writef("%s NO [%s] %s\r\n", tag, sanitize(res.st.code, 40), sanitize(res.st.text, 200))
 	default:
-		reason := "backend error"
+		outcome, reason := outcomeUnavailable, "backend error"
+		if res.outcome == outcomeTimeout {
+			// Its own outcome: a backend too slow for login_timeout is not down,
+			// and the operator must see it (issue 10). Not a failure for the policy.
+			outcome = outcomeTimeout
+		}
 		if res.err != nil {
 			reason = res.err.Error()
 		}
-		s.logAuth(c, bs.addr, outcomeUnavailable, reason, start)
+		s.logAuth(c, bs.addr, outcome, reason, start)
 		s.writef("%s NO [UNAVAILABLE] Mail server unavailable; try again later\r\n", tag)
 	}
 	return false, false
@@ -113,7 +118,7 @@ func (s *session) sleep(d time.Duration) bool {
 
 // logAuth writes the one line per auth decision.
 func (s *session) logAuth(c creds, backend, outcome, reason string, start time.Time) {
-	s.srv.m.logins.WithLabelValues(loginMetric(outcome)).Inc()
+	s.srv.m.logins.WithLabelValues(outcome).Inc()
 	s.srv.m.loginSeconds.Observe(time.Since(start).Seconds())
 	args := []any{"ip", s.client.Addr().String(), "user", sanitize(c.user, 256), "mech", c.mech, "outcome", outcome}
 	if backend != "" {
@@ -124,14 +129,6 @@ func (s *session) logAuth(c creds, backend, outcome, reason string, start time.T
 	}
 	args = append(args, "duration", time.Since(start).Round(time.Microsecond))
 	s.logger().Info("auth", args...)
-}
-
-// loginMetric folds outcomes into imapgw_logins_total's label values.
-func loginMetric(outcome string) string {
-	if outcome == outcomeRejected {
-		return outcomeFailed
-	}
-	return outcome
 }
 
 func (s *session) setUser(u string) {

@@ -27,7 +27,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "imapgw_sessions", Help: "Open sessions by state (preauth, relaying).",
 		}, []string{"state"}),
 		logins: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "imapgw_logins_total", Help: "Login attempts by outcome (ok, failed, refused, error).",
+			Name: "imapgw_logins_total", Help: "Login attempts by outcome (ok, failed, rejected, refused, error, timeout).",
 		}, []string{"outcome"}),
 		relayBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "imapgw_relay_bytes_total", Help: "Bytes relayed after login, by direction.",
@@ -49,7 +49,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, st := range []string{statePreauth, stateRelaying} {
 		m.sessions.WithLabelValues(st)
 	}
-	for _, o := range []string{outcomeOK, outcomeFailed, outcomeRefused, outcomeUnavailable} {
+	for _, o := range []string{outcomeOK, outcomeFailed, outcomeRejected, outcomeRefused, outcomeUnavailable, outcomeTimeout} {
 		m.logins.WithLabelValues(o)
 	}
 	if reg != nil {

@@ -77,7 +77,7 @@ func TestBackendKilled(t *testing.T) {
 
 // TestBackendMisbehaves: a backend that greets and then stalls, speaks
 // something else, hangs up, says BYE or floods a line. Each login gets
-// NO [UNAVAILABLE] (after connect_timeout at worst), the reason is logged, and
+// NO [UNAVAILABLE] (after connect_timeout or login_timeout at worst), the reason is logged, and
 // the client's session goes on.
 func TestBackendMisbehaves(t *testing.T) {
 	const connectTimeout = 700 * time.Millisecond
@@ -119,6 +119,7 @@ func TestBackendMisbehaves(t *testing.T) {
 			be := fakeBackend(t, tc.serve)
 			g := startGateway(t, be, func(c *conf.Config) {
 				c.Backend.ConnectTimeout = conf.D(connectTimeout)
+				c.Backend.LoginTimeout = conf.D(connectTimeout)
 				c.Backend.ClientIP = conf.ClientIPNone
 			})
 			c := dialRaw(t, g.implicit, g.clientTLS())

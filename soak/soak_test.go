@@ -68,7 +68,7 @@ func TestSoak(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer be.Close()
-	d := testbed.StartDovecot(t, testbed.DovecotOptions{AuthFailureDelay: -1})
+	d := testbed.StartDovecot(t, testbed.DovecotOptions{})
 	ca := testbed.NewCA(t)
 	memGW := startGateway(t, ca, be.Addr, conf.ClientIPNone)
 	dcGW := startGateway(t, ca, d.Addr, conf.ClientIPID)

@@ -19,7 +19,7 @@ import (
 // client that trusts only Pebble's root logs in to a real Dovecot through it,
 // with SNI and without.
 func TestACMEGatewayWithDovecot(t *testing.T) {
-	d := testbed.StartDovecot(t, testbed.DovecotOptions{AuthFailureDelay: -1})
+	d := testbed.StartDovecot(t, testbed.DovecotOptions{})
 	port := pebbletest.FreePort(t)
 	p := pebbletest.Start(t, pebbletest.Options{HTTPPort: port})
 

@@ -45,7 +45,9 @@ func DefaultUsers() map[string]string {
 }
 
 // DovecotOptions configures StartDovecot. The zero value gives plain IMAP with the
-// DefaultUsers and Dovecot's default failure delay.
+// DefaultUsers and Dovecot's defaults for failed logins: operators run those, so
+// tests do too (issue 10). AuthFailureDelay, NoAuthPenalty and NoDelayFrom depart
+// from them and need a Why.
 type DovecotOptions struct {
 	// Users maps user names to passwords. Nil means DefaultUsers(). Names and
 	// passwords must not contain ':' or line breaks (passwd-file format).
@@ -60,11 +62,25 @@ type DovecotOptions struct {
 	// means none. Dovecot compares whole seconds on a 500 ms timer, so a failure
 	// is answered between N-1 and N+0.5 s after it happened (under 1 s with none).
 	AuthFailureDelay time.Duration
-	// AuthPenalty keeps Dovecot's auth penalty: after a failed login, the next
-	// attempts from the same client address (rip) wait 4, 8, then 15 s before they
-	// are even checked, trusted network or not. Off by default so that one test's
-	// failures do not slow the next login.
-	AuthPenalty bool
+	// NoAuthPenalty turns Dovecot's auth penalty off for every client. With it on
+	// (the default), after a failed login the next attempts from the same client
+	// address (rip, the forwarded one behind the gateway) wait 4, 8, then 15 s
+	// before they are even checked, trusted network or not.
+	NoAuthPenalty bool
+	// NoDelayFrom, a comma-separated list of networks, answers logins whose
+	// connection comes from there (real_rip: the gateway's own address, whatever
+	// client address it forwards) with neither auth_failure_delay nor the auth
+	// penalty, through a passdb that sets "nodelay" — the setting README's
+	// "Fronting Dovecot" gives for a Dovecot that also serves clients directly.
+	NoDelayFrom string
+	// Why says why the test departs from Dovecot's defaults; StartDovecot fails a
+	// test that sets one of the three fields above without it.
+	Why string
+}
+
+// departs reports whether o changes Dovecot's defaults for failed logins.
+func (o DovecotOptions) departs() bool {
+	return o.AuthFailureDelay != 0 || o.NoAuthPenalty || o.NoDelayFrom != ""
 }
 
 // Dovecot is a running Dovecot (Debian dovecot-imapd), a child of the test with
@@ -102,6 +118,10 @@ type Dovecot struct {
 func StartDovecot(t testing.TB, o DovecotOptions) *Dovecot {
 	t.Helper()
 	Need(t, "dovecot")
+	if o.departs() && strings.TrimSpace(o.Why) == "" {
+		t.Fatalf("dovecot: AuthFailureDelay, NoAuthPenalty or NoDelayFrom set without DovecotOptions.Why: " +
+			"operators run Dovecot's defaults, so a test that does not must say why")
+	}
 	d := &Dovecot{t: t, bin: Path("dovecot"), Users: o.Users}
 	if d.Users == nil {
 		d.Users = DefaultUsers()
@@ -117,7 +137,8 @@ func StartDovecot(t testing.TB, o DovecotOptions) *Dovecot {
 	})
 	d.conf.setUsers(t)
 	d.conf.FailureDelay = failureDelay(o.AuthFailureDelay)
-	d.conf.Penalty = o.AuthPenalty
+	d.conf.NoPenalty = o.NoAuthPenalty
+	d.conf.NoDelayFrom = o.NoDelayFrom
 	writeFile(t, filepath.Join(d.Dir, "passwd"), passwdFile(t, d.Users), 0o644)
 	if o.TLS {
 		d.setupTLS(t, o.CA)
@@ -335,8 +356,7 @@ func (d *Dovecot) launch(t testing.TB) error {
 }
 
 // cleanRunDir empties base_dir between runs: a stale socket left by a killed
-// process would be found and refused (anvil-auth-penalty's absence is what
-// disables the penalty).
+// process would be found and refused.
 func (d *Dovecot) cleanRunDir(t testing.TB) {
 	t.Helper()
 	run := filepath.Join(d.Dir, "run")
@@ -476,4 +496,20 @@ func freePort(t testing.TB) int {
 
 func hostPort(port int) string {
 	return net.JoinHostPort("127.0.0.1", fmt.Sprint(port))
+}
+
+// AuthFailures counts the failed password checks Dovecot logged for client
+// address rip (auth_verbose lines "passwd-file(user,rip,…): Password mismatch"
+// or "unknown user"): how many guesses from rip reached Dovecot. The line is
+// written as the check fails, before auth_failure_delay, through Dovecot's log
+// process, so it may lag the reply a little when there is no delay.
+func (d *Dovecot) AuthFailures(rip string) int {
+	n := 0
+	for line := range strings.Lines(d.Log()) {
+		if strings.Contains(line, "passwd-file(") && strings.Contains(line, ","+rip+",") &&
+			(strings.Contains(line, "Password mismatch") || strings.Contains(line, "unknown user")) {
+			n++
+		}
+	}
+	return n
 }

@@ -30,7 +30,7 @@ disable_plaintext_auth = no
 auth_mechanisms = plain login
 auth_failure_delay = {{.FailureDelay}}
 # Loopback is trusted: the ID x-originating-ip field is believed. (That does not
-# exempt it from the auth penalty; see service anvil below.)
+# exempt it from the auth penalty, which is keyed on the address believed.)
 login_trusted_networks = 127.0.0.0/8
 haproxy_trusted_networks = 127.0.0.0/8
 mail_max_userip_connections = 10000
@@ -41,6 +41,19 @@ namespace inbox {
   separator = /
 }
 
+{{- if .NoDelayFrom}}
+# Connections from these networks (real_rip: the gateway itself, whatever address
+# it forwards) get "nodelay": a failure is answered at once and does not raise
+# the auth penalty. continue-fail keeps the field without vouching for the
+# password, which the next passdb checks; elsewhere allow_real_nets fails this
+# passdb and its fields are dropped.
+passdb {
+  driver = static
+  args = nopassword=y allow_real_nets={{.NoDelayFrom}} nodelay=y
+  result_success = continue-fail
+  result_failure = continue
+}
+{{- end}}
 passdb {
   driver = passwd-file
   args = scheme=PLAIN {{.Dir}}/passwd
@@ -83,9 +96,8 @@ service anvil {
 {{- if not .Root}}
   chroot =
 {{- end}}
-{{- if not .Penalty}}
-  # Without this socket the auth process finds no anvil to ask and disables the
-  # penalty (the documented way to turn it off).
+{{- if .NoPenalty}}
+  # The auth process cannot connect to this socket and disables the penalty.
   unix_listener anvil-auth-penalty {
     mode = 0
   }
@@ -99,7 +111,8 @@ type dovecotConfData struct {
 	LoginUser, InternalUser, InternalGroup string
 	MailUID, MailGID                       string
 	FailureDelay                           string
-	Root, TLS, Penalty                     bool
+	NoDelayFrom                            string
+	Root, TLS, NoPenalty                   bool
 	CertFile, KeyFile                      string
 	Port, ProxyPort, TLSPort               int
 }

@@ -54,7 +54,8 @@ func dialPlain(t *testing.T, addr string) *imapclient.Client {
 
 func TestDovecot(t *testing.T) {
 	t.Parallel()
-	d := StartDovecot(t, DovecotOptions{TLS: true, AuthFailureDelay: -1})
+	d := StartDovecot(t, DovecotOptions{TLS: true, AuthFailureDelay: -1, NoAuthPenalty: true,
+		Why: "checks that AuthFailureDelay and NoAuthPenalty take effect"})
 
 	t.Run("plain", func(t *testing.T) {
 		for user := range d.Users {
@@ -186,7 +187,7 @@ func TestDovecotPlainOnly(t *testing.T) {
 
 func TestDovecotStopStart(t *testing.T) {
 	t.Parallel()
-	d := StartDovecot(t, DovecotOptions{AuthFailureDelay: -1})
+	d := StartDovecot(t, DovecotOptions{})
 	addr := d.Addr
 	tests := []struct {
 		name    string
@@ -289,11 +290,11 @@ func rawLogin(t *testing.T, d *Dovecot, user string) net.Conn {
 	return conn
 }
 
-// TestDovecotAuthPenalty shows what AuthPenalty keeps: after a failure, Dovecot
-// delays the next attempt from the same client address, and only from it.
+// TestDovecotAuthPenalty shows Dovecot's default auth penalty: after a failure,
+// Dovecot delays the next attempt from the same client address, and only from it.
 func TestDovecotAuthPenalty(t *testing.T) {
 	t.Parallel()
-	d := StartDovecot(t, DovecotOptions{AuthFailureDelay: -1, AuthPenalty: true})
+	d := StartDovecot(t, DovecotOptions{AuthFailureDelay: -1, Why: "times the penalty alone, without the failure delay"})
 	c := dialAs(t, d, "127.0.0.20")
 	if err := c.Login("bob", "wrong").Wait(); err == nil {
 		t.Fatalf("Login(bob, wrong) = nil, want an error")
@@ -314,4 +315,56 @@ func TestDovecotAuthPenalty(t *testing.T) {
 			t.Errorf("login from %s after a failure from 127.0.0.20 took %v, want %v to %v", tt.ip, elapsed, tt.min, tt.max)
 		}
 	}
+}
+
+// TestDovecotNoDelayFrom: with NoDelayFrom, logins over a connection from the
+// gateway's address are answered at once whatever client address they carry,
+// and raise no penalty; a client connecting from elsewhere keeps both the
+// failure delay and the penalty; wrong passwords fail on both paths.
+func TestDovecotNoDelayFrom(t *testing.T) {
+	t.Parallel()
+	d := StartDovecot(t, DovecotOptions{NoDelayFrom: "127.0.0.1/32", Why: "the per-gateway setting README gives"})
+	timeLogin := func(c *imapclient.Client, user, pass string) (time.Duration, error) {
+		defer c.Close()
+		start := time.Now()
+		err := c.Login(user, pass).Wait()
+		return time.Since(start), err
+	}
+	// Through the "gateway" (a PROXY header from 127.0.0.1 naming 127.0.0.40).
+	for i := range 3 {
+		took, err := timeLogin(dialAs(t, d, "127.0.0.40"), "bob", fmt.Sprint("wrong-", i))
+		if err == nil || took > 900*time.Millisecond {
+			t.Errorf("wrong password %d through the gateway = %v after %v, want a failure within 0.9s", i, err, took)
+		}
+	}
+	if took, err := timeLogin(dialAs(t, d, "127.0.0.40"), "nobody", "x"); err == nil {
+		t.Errorf("unknown user through the gateway = nil error after %v, want a failure", took)
+	}
+	if took, err := timeLogin(dialAs(t, d, "127.0.0.40"), "bob", d.Users["bob"]); err != nil || took > 900*time.Millisecond {
+		t.Errorf("bob through the gateway after 3 failures = %v after %v, want OK within 0.9s (no penalty)", err, took)
+	}
+	if n := d.AuthFailures("127.0.0.40"); n != 4 {
+		t.Errorf("AuthFailures(127.0.0.40) = %d, want 4", n)
+	}
+	// Directly from 127.0.0.5: Dovecot's defaults apply.
+	took, err := timeLogin(dialFrom(t, "127.0.0.5", d.Addr), "bob", "wrong")
+	if err == nil || took < time.Second {
+		t.Errorf("direct wrong password = %v after %v, want a failure after auth_failure_delay (1 to 2.5s)", err, took)
+	}
+	took, err = timeLogin(dialFrom(t, "127.0.0.5", d.Addr), "bob", d.Users["bob"])
+	if err != nil || took < 3*time.Second {
+		t.Errorf("direct login after a direct failure = %v after %v, want OK after the 4s penalty", err, took)
+	}
+}
+
+// dialFrom connects to addr from the local address src, as a client of Dovecot's
+// own (not behind the gateway).
+func dialFrom(t *testing.T, src, addr string) *imapclient.Client {
+	t.Helper()
+	dialer := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
+	conn, err := dialer.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return imapclient.New(conn, nil)
 }
