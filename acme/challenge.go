@@ -35,8 +35,11 @@ const (
 	// the process's file-descriptor limit, so both together leave 3/4 of
 	// it to IMAP sessions (two each: client and backend) under any flood.
 	challengeFDShare = 8
-	// minChallengeConns keeps a listener usable under a tiny fd limit.
-	minChallengeConns = 4
+	// minChallengeConns keeps a listener usable under a tiny fd limit: a
+	// CA validates from several vantage points at once (Pebble from 3, Let's
+	// Encrypt from its primary and remote perspectives), and a validation
+	// refused at one of them fails.
+	minChallengeConns = 16
 	// fullLogInterval spaces the warnings that a listener is at its cap:
 	// a flood gets one line per interval with a count, not one per
 	// connection.

@@ -56,7 +56,7 @@ type Options struct {
 	Admit func(src netip.Addr) (release func(), err error)
 	// ChallengeConnections caps the connections each challenge listener
 	// holds at once. Default 256, or 1/8 of the process's file-descriptor
-	// limit when that is lower (at least 4). Tests only.
+	// limit when that is lower (at least 16). Tests only.
 	ChallengeConnections int
 
 	// PollInterval is how often the files source checks its files for
