@@ -239,3 +239,74 @@ func scrapeWithToken(t *testing.T, admin, token string) map[string]*dto.MetricFa
 	}
 	return fams
 }
+
+// TestIMAPAcceptBacksOffOnEMFILE: when the process runs out of descriptors
+// anyway (here: idle IMAP connections from an allow-listed source, under a
+// limit of 64), the IMAP accept loop waits between failed accepts, up to a
+// second, instead of spinning or exiting; a login made meanwhile waits in the
+// backlog and succeeds as soon as descriptors are free again.
+func TestIMAPAcceptBacksOffOnEMFILE(t *testing.T) {
+	be := startDemoBackend(t)
+	imaps, admin := freeAddr(t), freeAddr(t)
+	dir := t.TempDir()
+	gw := startProcess(t, fmt.Sprintf(`[server]
+hostname = "localhost"
+state_dir = %q
+drain_timeout = "1s"
+
+[[listen]]
+address = %q
+tls = "implicit"
+
+[tls]
+certificate = "self-signed"
+
+[backend]
+servers = [%q]
+client_ip = "none"
+
+[admin]
+address = %q
+`, filepath.Join(dir, "state"), imaps, be.Addr, admin), 64)
+	gw.waitReady(t, admin, 10*time.Second)
+
+	fl := &flood{t: t, addr: imaps}
+	defer fl.close()
+	for range 100 {
+		fl.dial("127.0.0.1") // allow-listed: no per-source limit
+	}
+	const failed = "too many open files"
+	waitFor(t, 10*time.Second, "a failed accept with EMFILE", func() bool { return strings.Contains(gw.logs.String(), failed) })
+	waitFor(t, 5*time.Second, "the accept backoff at its 1 s ceiling", func() bool { return strings.Contains(gw.logs.String(), "retry_in=1s") })
+	n0 := strings.Count(gw.logs.String(), failed)
+	time.Sleep(3 * time.Second) // the observation window: a spinning loop logs thousands of lines in it
+	n := strings.Count(gw.logs.String(), failed) - n0
+	t.Logf("failed accepts logged in 3 s at the backoff ceiling: %d", n)
+	if n > 5 {
+		t.Errorf("%d failed accepts logged in 3 s, want at most 5 (one a second)", n)
+	}
+	gw.running(t)
+
+	login := make(chan error, 1)
+	go func() { login <- tryLoginFrom("127.0.0.1", imaps, "demo", "demo") }()
+	fl.close()
+	select {
+	case err := <-login:
+		if err != nil {
+			t.Fatalf("login once the descriptors were free: %v", err)
+		}
+	case <-time.After(8 * time.Second):
+		t.Fatalf("no login 8 s after the descriptors were freed")
+	}
+	gw.running(t)
+}
+
+// waitFor polls cond every 20 ms until it holds or d passes.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(d); !cond(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+	}
+}
