@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"log/slog"
 	"net"
 	"net/http"
 	"slices"
@@ -34,9 +33,6 @@ type magic struct {
 	loops  map[string]context.CancelFunc // obtain loops by name, guarded by Manager.mu
 }
 
-// challengeTimeout bounds one request or handshake on a challenge listener.
-const challengeTimeout = 10 * time.Second
-
 // startACME binds the challenge listeners, sets certmagic up, loads what
 // storage holds and starts obtaining what it does not. The caller holds m.mu.
 func (m *Manager) startACME(ctx context.Context, s *settings) (*magic, error) {
@@ -45,7 +41,10 @@ func (m *Manager) startACME(ctx context.Context, s *settings) (*magic, error) {
 		return nil, err
 	}
 	zl := newZapLogger(m.log.Handler())
-	mg := &magic{m: m, ctx: ctx, alpn: alpnLn, loops: map[string]context.CancelFunc{}}
+	mg := &magic{m: m, ctx: ctx, loops: map[string]context.CancelFunc{}}
+	if alpnLn != nil {
+		mg.alpn = m.limitChallenge(alpnLn, challengeALPN)
+	}
 	mg.cache = certmagic.NewCache(certmagic.CacheOptions{
 		GetConfigForCert:   func(certmagic.Certificate) (*certmagic.Config, error) { return mg.cfg, nil },
 		RenewCheckInterval: m.opts.RenewCheckInterval,
@@ -63,14 +62,9 @@ func (m *Manager) startACME(ctx context.Context, s *settings) (*magic, error) {
 	m.magic.Store(mg)
 
 	if httpLn != nil {
-		mg.http = &http.Server{
-			Handler:           mg,
-			ReadHeaderTimeout: challengeTimeout,
-			ReadTimeout:       challengeTimeout,
-			WriteTimeout:      challengeTimeout,
-			ErrorLog:          slog.NewLogLogger(m.log.Handler(), slog.LevelDebug),
-		}
-		m.wg.Go(func() { _ = mg.http.Serve(httpLn) })
+		mg.http = newChallengeServer(mg, m.log)
+		ln := m.limitChallenge(httpLn, challengeHTTP)
+		m.wg.Go(func() { _ = mg.http.Serve(ln) })
 	}
 	if alpnLn != nil {
 		mg.alpnTC = &tls.Config{GetCertificate: m.getCertificate, NextProtos: []string{alpnACMETLS}}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
@@ -46,6 +47,17 @@ type Options struct {
 	// Now is the clock for self-signed validity, expiry checks of files and
 	// Ready. Default time.Now. (certmagic keeps its own clock.)
 	Now func() time.Time
+	// Admit, when set, is asked at accept for every connection to a
+	// challenge listener, with the source address; it has the signature of
+	// the connection policy's Admit (cmd wires the limiter in). A refused
+	// connection (non-nil error) is closed at once; an admitted one calls
+	// release when it closes. nil: every source is admitted (the
+	// per-listener connection cap still applies).
+	Admit func(src netip.Addr) (release func(), err error)
+	// ChallengeConnections caps the connections each challenge listener
+	// holds at once. Default 256, or 1/8 of the process's file-descriptor
+	// limit when that is lower (at least 16). Tests only.
+	ChallengeConnections int
 
 	// PollInterval is how often the files source checks its files for
 	// changes (a stat of each). Default 2s.

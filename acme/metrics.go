@@ -7,12 +7,13 @@ import (
 )
 
 // metrics are the package's Prometheus metrics: each name's expiry, read from
-// the loaded certificates at scrape time so it can never be stale, and a
-// counter of failures.
+// the loaded certificates at scrape time so it can never be stale, a
+// counter of failures, and the challenge listeners' admissions.
 type metrics struct {
-	expiry *prometheus.Desc
-	errors prometheus.Counter
-	certs  func() []CertInfo
+	expiry     *prometheus.Desc
+	errors     prometheus.Counter
+	challenges *prometheus.CounterVec // challenge, outcome
+	certs      func() []CertInfo
 }
 
 func newMetrics(certs func() []CertInfo) *metrics {
@@ -23,6 +24,10 @@ func newMetrics(certs func() []CertInfo) *metrics {
 			Name: "imapgw_certificate_errors_total",
 			Help: "Failed certificate obtains, renewals and file reloads.",
 		}),
+		challenges: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "imapgw_acme_challenge_connections_total",
+			Help: "Connections to the ACME challenge listeners by challenge (http-01, tls-alpn-01) and outcome (accepted; refused_full: the listener at its connection cap; refused_policy: the source banned, over the connection rate or at its connection limit).",
+		}, []string{"challenge", "outcome"}),
 		certs: certs,
 	}
 }
@@ -40,6 +45,7 @@ func (m *metrics) register(r prometheus.Registerer) error {
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	ch <- m.expiry
 	m.errors.Describe(ch)
+	m.challenges.Describe(ch)
 }
 
 // Collect reports, for each name, the latest expiry among its certificates:
@@ -57,4 +63,5 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(m.expiry, prometheus.GaugeValue, v, n)
 	}
 	m.errors.Collect(ch)
+	m.challenges.Collect(ch)
 }

@@ -83,7 +83,9 @@ func (g *gateway) start() error {
 	if err != nil {
 		return err
 	}
-	g.certs, err = acme.New(cfg, acme.Options{Logger: g.log, Registerer: g.reg})
+	// The challenge listeners face the Internet like the IMAP ones: the same
+	// admission (bans, connection rate, per-source concurrency) at accept.
+	g.certs, err = acme.New(cfg, acme.Options{Logger: g.log, Registerer: g.reg, Admit: g.lim.Admit})
 	if err != nil {
 		return err
 	}

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -27,8 +28,18 @@ import (
 // test's flags (-race included).
 const asMain = "IMAPGW_TEST_AS_MAIN"
 
+// asMainNofile, with asMain, runs the child under that RLIMIT_NOFILE (soft and
+// hard), as `prlimit --nofile=N:N imapgw ...` would.
+const asMainNofile = "IMAPGW_TEST_NOFILE"
+
 func TestMain(m *testing.M) {
 	if os.Getenv(asMain) == "1" {
+		if n, err := strconv.ParseUint(os.Getenv(asMainNofile), 10, 64); err == nil {
+			if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: n, Max: n}); err != nil {
+				fmt.Fprintln(os.Stderr, "setrlimit:", err)
+				os.Exit(3)
+			}
+		}
 		main()
 		return
 	}
