@@ -47,7 +47,7 @@ const (
 // refusals are counted, and the slots come back once the timeouts close the
 // held connections.
 func TestChallengeFloodKeepsIMAPServing(t *testing.T) {
-	d := testbed.StartDovecot(t, testbed.DovecotOptions{AuthFailureDelay: -1})
+	d := testbed.StartDovecot(t, testbed.DovecotOptions{})
 	port := pebbletest.FreePort(t)
 	p := pebbletest.Start(t, pebbletest.Options{HTTPPort: port})
 	challenge := fmt.Sprintf("127.0.0.1:%d", port)
