@@ -7,7 +7,6 @@ import (
 	"hash/maphash"
 	"net/netip"
 	"slices"
-	"strings"
 	"time"
 )
 
@@ -232,11 +231,11 @@ func logUser(u string) string {
 	return u
 }
 
-// userHash keys accounts by a 64-bit keyed hash of the lower-cased name: tables
-// hold 8 bytes, not client-chosen strings of up to max_line, and case variants
-// of one mailbox count together.
+// userHash keys accounts by a 64-bit keyed hash of the account name
+// (bans.account_key): tables hold 8 bytes, not client-chosen strings of up to
+// max_line, and the names of one mailbox count together.
 func (l *Limiter) userHash(user string) uint64 {
-	return maphash.String(l.userSeed, strings.ToLower(user))
+	return maphash.String(l.userSeed, accountName(*l.accountKey.Load(), user))
 }
 
 // secretHash is HMAC-SHA256 of the password under a per-process random key,

@@ -15,6 +15,7 @@ import (
 	randv2 "math/rand/v2"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/golang-lru/v2/simplelru"
@@ -57,7 +58,9 @@ type Limiter struct {
 	saveEvery time.Duration
 	secretKey []byte       // HMAC key for password hashes, random per process
 	userSeed  maphash.Seed // account names are kept as 64-bit keyed hashes
-	metrics   *metrics
+	// accountKey is bans.account_key, read without mu: userHash runs outside it.
+	accountKey atomic.Pointer[string]
+	metrics    *metrics
 
 	mu       sync.Mutex
 	b        conf.Bans
@@ -102,6 +105,7 @@ func New(b conf.Bans, l conf.Limits, o Options) (*Limiter, error) {
 		bans:        newBanTable(),
 	}
 	lim.applyDefaults()
+	lim.accountKey.Store(&b.AccountKey)
 	rand.Read(lim.secretKey) // never fails on supported platforms (Go 1.24+)
 	n := tracked(b)
 	lim.rates = mustLRU[netip.Prefix, *rate.Limiter](n)
@@ -166,6 +170,7 @@ func (l *Limiter) Update(b conf.Bans, lim conf.Limits) {
 		l.gen++
 	}
 	l.b, l.lim = b, lim
+	l.accountKey.Store(&b.AccountKey)
 	l.mu.Unlock()
 	l.logEvicted(evicted)
 }
