@@ -22,7 +22,7 @@ func TestAccountName(t *testing.T) {
 		{`alice@corp\shared@corp`, `alice@corp\shared@corp`, "alice", "alice"},
 		{"alice@corp/shared", "alice@corp/shared", "alice", "alice"},
 		{`CORP\alice\shared`, `corp\alice\shared`, `corp\alice\shared`, "alice"},
-		{`corp\alice@corp.example`, `corp\alice@corp.example`, `corp\alice@corp.example`, "alice"},
+		{`corp\alice@corp.example`, `corp\alice@corp.example`, `corp\alice`, "alice"},
 		{"a@b@c", "a@b@c", "a@b", "a@b"},
 		// Nothing left: the whole name, so such names do not all share one budget.
 		{"@corp", "@corp", "@corp", "@corp"},
