@@ -185,7 +185,11 @@ func TestPipelinedRefusalsCost(t *testing.T) {
 	}
 	const src, conns, lines = "127.0.2.5", 10, 50
 	capN := g.cfg.Limits.MaxAuthFailuresPerConnection
-	var wg sync.WaitGroup
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		total int // answers over all connections
+	)
 	for k := range conns {
 		wg.Go(func() {
 			c, ok := tryDial(t, src, g)
@@ -212,6 +216,9 @@ func TestPipelinedRefusalsCost(t *testing.T) {
 					bye = true
 				}
 			}
+			mu.Lock()
+			total += answers
+			mu.Unlock()
 			if answers > capN || !bye {
 				t.Errorf("connection %d: %d answers, BYE %v; want at most %d, then BYE:\n%s", k, answers, bye, capN, rest)
 			}
@@ -233,7 +240,7 @@ func TestPipelinedRefusalsCost(t *testing.T) {
 		t.Errorf("%d connections × %d pipelined logins wrote %d log lines for %s, want 1 or 2:\n%s",
 			conns, lines, len(mine), src, strings.Join(mine, "\n"))
 	}
-	t.Logf("%d connections × %d pipelined LOGINs: %d log lines", conns, lines, len(mine))
+	t.Logf("%d connections × %d pipelined LOGINs: %d answers, %d log lines", conns, lines, total, len(mine))
 }
 
 // waitFor polls cond until it holds or 10 s pass.
