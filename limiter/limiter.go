@@ -58,9 +58,10 @@ type Limiter struct {
 	saveEvery time.Duration
 	secretKey []byte       // HMAC key for password hashes, random per process
 	userSeed  maphash.Seed // account names are kept as 64-bit keyed hashes
+	metrics   *metrics
+
 	// accountKey is bans.account_key, read without mu: userHash runs outside it.
 	accountKey atomic.Pointer[string]
-	metrics    *metrics
 
 	mu       sync.Mutex
 	b        conf.Bans
@@ -73,12 +74,13 @@ type Limiter struct {
 	good     *simplelru.LRU[goodKey, int64] // last success (unix ns) per account and network
 	bans     banTable
 	strikes  *simplelru.LRU[netip.Prefix, strike]
+	gen      uint64 // bumped by every change to bans or strikes; Run saves when it moved
+
 	// Logins in flight (Try to Failed/Succeeded/Done), per source and, from
-	// sources not known-good, per account. Entries exist only while > 0, so
-	// their size is bounded by the sessions open, not by max_tracked.
+	// sources not known-good, per account; guarded by mu. Entries exist only
+	// while > 0, so their size is bounded by the sessions open, not max_tracked.
 	flights     map[netip.Prefix]*flight
 	acctFlights map[uint64]int
-	gen         uint64 // bumped by every change to bans or strikes; Run saves when it moved
 
 	saveMu   sync.Mutex // one Save at a time; guards savedGen
 	savedGen uint64
@@ -90,20 +92,19 @@ type Limiter struct {
 // conflict is an error.
 func New(b conf.Bans, l conf.Limits, o Options) (*Limiter, error) {
 	lim := &Limiter{
-		now:         o.Now,
-		rand:        o.Rand,
-		log:         o.Logger,
-		dir:         o.StateDir,
-		saveEvery:   o.SaveEvery,
-		secretKey:   make([]byte, 32),
-		userSeed:    maphash.MakeSeed(),
-		b:           b,
-		lim:         l,
-		conns:       make(map[netip.Prefix]int),
-		flights:     make(map[netip.Prefix]*flight),
-		acctFlights: make(map[uint64]int),
-		bans:        newBanTable(),
+		now:       o.Now,
+		rand:      o.Rand,
+		log:       o.Logger,
+		dir:       o.StateDir,
+		saveEvery: o.SaveEvery,
+		secretKey: make([]byte, 32),
+		userSeed:  maphash.MakeSeed(),
+		b:         b,
+		lim:       l,
+		conns:     make(map[netip.Prefix]int),
+		bans:      newBanTable(),
 	}
+	lim.flights, lim.acctFlights = make(map[netip.Prefix]*flight), make(map[uint64]int)
 	lim.applyDefaults()
 	lim.accountKey.Store(&b.AccountKey)
 	rand.Read(lim.secretKey) // never fails on supported platforms (Go 1.24+)

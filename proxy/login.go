@@ -21,7 +21,8 @@ func (s *session) tryLogin(tag string, c creds) (relaying, done bool) {
 	}
 	att, err := s.srv.policy.Try(s.client.Addr(), c.user)
 	if err != nil {
-		return false, s.refused(tag, c, "", err, start)
+		s.srv.refusals.auth(s, c, err, start)
+		return false, s.refuse(tag, err)
 	}
 	// Every outcome ends the reservation: Failed and Succeeded below, Done for
 	// the rest (backend error, other codes, client gone, shutdown, panic).
@@ -33,7 +34,9 @@ func (s *session) tryLogin(tag string, c creds) (relaying, done bool) {
 	case outcomeOK:
 		if err := att.Succeeded(); err != nil { // banned while in flight
 			res.bc.conn.Close()
-			return false, s.refused(tag, c, bs.addr, err, start)
+			// Rare and telling (the attacker may hold the password): never summarised.
+			s.logAuth(c, bs.addr, outcomeRefused, err.Error()+"; the backend accepted the login, closed unused", start)
+			return false, s.refuse(tag, err)
 		}
 		return s.loggedIn(tag, c, bs, res, start)
 	case outcomeFailed:
@@ -94,14 +97,12 @@ func (s *session) loginFailed(tag string, c creds, bs *backendSettings, res logi
 	return false
 }
 
-// refused answers a login the policy refused, before it reached the backend or
+// refuse answers a login the policy refused, before it reached the backend or
 // (banned while in flight) after: like a failure, after the policy's delay and
 // counted toward max_auth_failures_per_connection, so pipelining refused
 // logins costs the client time and ends the connection at the cap (issue 11,
-// point 2). Repeats from one address are logged in summary (refusalLog). It
-// reports whether the session is over.
-func (s *session) refused(tag string, c creds, backend string, err error, start time.Time) bool {
-	s.srv.refusals.auth(s, c, backend, err, start)
+// point 2). It reports whether the session is over.
+func (s *session) refuse(tag string, err error) bool {
 	var r *limiter.Refusal
 	errors.As(err, &r)
 	if r != nil && !s.sleep(r.Delay) {

@@ -99,13 +99,13 @@ func (r *refusalLog) sweep(now time.Time) []refusalSummary {
 }
 
 // auth counts a refused login and logs it in full or in summary.
-func (r *refusalLog) auth(s *session, c creds, backend string, err error, start time.Time) {
+func (r *refusalLog) auth(s *session, c creds, err error, start time.Time) {
 	logIt, ended := r.note(time.Now(), s.client.Addr(), c.user, err.Error())
 	if ended != nil {
 		s.srv.logRefusals(*ended)
 	}
 	if logIt {
-		s.logAuth(c, backend, outcomeRefused, err.Error(), start)
+		s.logAuth(c, "", outcomeRefused, err.Error(), start)
 		return
 	}
 	s.srv.m.logins.WithLabelValues(loginMetric(outcomeRefused)).Inc()

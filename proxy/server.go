@@ -54,12 +54,13 @@ type Options struct {
 
 // Server runs the listeners of one configuration and the sessions they accept.
 type Server struct {
-	cfg      atomic.Pointer[conf.Config]
-	backend  atomic.Pointer[backendSettings]
-	policy   Policy
-	tlsConf  *tls.Config
-	log      *slog.Logger
-	m        *metrics
+	cfg     atomic.Pointer[conf.Config]
+	backend atomic.Pointer[backendSettings]
+	policy  Policy
+	tlsConf *tls.Config
+	log     *slog.Logger
+	m       *metrics
+
 	refusals refusalLog // refused logins, logged in summary
 
 	mu        sync.Mutex
