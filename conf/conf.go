@@ -122,7 +122,26 @@ type Bans struct {
 	AccountFailures int            `toml:"account_failures"` // default 20 per hour
 	AccountProtect  Duration       `toml:"account_protect"`  // default 24h
 	MaxTracked      int            `toml:"max_tracked"`      // default 262144 entries per table
+	// AccountKey is how a login name becomes the account that account_failures,
+	// protected mode, known-good networks and spray_accounts count (issue 11):
+	//   "user" (default): the name lower-cased, as today.
+	//   "local-part": also drops an Exchange shared mailbox ("user@dom\shared@dom":
+	//     the identity is the part before the first \ or /, when that part has an @)
+	//     and then everything from the last @: alice, Alice@corp and
+	//     alice@corp\shared@corp are one account (Dovecot's auth_default_realm).
+	//   "strip-realm": local-part, and a Windows domain too ("CORP\alice",
+	//     "corp/alice\shared": the second part): alice, alice@corp and CORP\alice
+	//     are one account (Exchange).
+	// A name that would become empty keeps its lower-cased form.
+	AccountKey string `toml:"account_key"`
 }
+
+// bans.account_key values.
+const (
+	AccountKeyUser       = "user"
+	AccountKeyLocalPart  = "local-part"
+	AccountKeyStripRealm = "strip-realm"
+)
 
 // Admin is the operator's HTTP endpoint. Every request's Host must be its
 // address (as bound) or one of Names, so a web page that rebinds its own
@@ -192,6 +211,7 @@ func Default() *Config {
 			AccountFailures: 20,
 			AccountProtect:  D(24 * time.Hour),
 			MaxTracked:      262144,
+			AccountKey:      AccountKeyUser,
 		},
 		Admin: Admin{Address: "127.0.0.1:9993", TLS: TLSNone},
 		Log:   Log{Level: "info", Format: "text"},

@@ -104,6 +104,7 @@ func TestParseErrors(t *testing.T) {
 		{"acme without email", "[[listen]]\naddress = \":993\"\n", "t.toml: acme.email: an email address is required"},
 		{"files without paths", "[[listen]]\naddress = \":993\"\n[tls]\ncertificate = \"files\"\n", "t.toml:4: tls.certificate: \"files\" needs"},
 		{"max_ban below ban", minimal + "[bans]\nban = \"2h\"\nmax_ban = \"1h\"\n", "t.toml:12: bans.max_ban"},
+		{"bad account_key", minimal + "[bans]\naccount_key = \"email\"\n", "t.toml:11: bans.account_key: \"email\" is not one of user, local-part, strip-realm"},
 		{"prefix out of range", minimal + "[bans]\nsource_prefix_v6 = 129\n", "t.toml:11: bans.source_prefix_v6: must be 16 to 128"},
 		{"admin not loopback without token", minimal + "[admin]\naddress = \"0.0.0.0:9993\"\n", "t.toml:11: admin.address: \"0.0.0.0:9993\" is not loopback"},
 		{"admin name with a port", minimal + "[admin]\nnames = [\"gw.example:9993\"]\n", "t.toml:11: admin.names: \"gw.example:9993\" is not a host name"},

@@ -192,6 +192,7 @@ func (v *validator) bans(b *Bans) {
 	if b.MaxTracked < 16 {
 		v.fail("bans.max_tracked", "must be at least 16, got %d", b.MaxTracked)
 	}
+	v.oneOf("bans.account_key", b.AccountKey, AccountKeyUser, AccountKeyLocalPart, AccountKeyStripRealm)
 }
 
 func (v *validator) admin(a *Admin) {

@@ -142,7 +142,7 @@ func TestAllowlist(t *testing.T) {
 		if v := failN(l, t0, src, "alice", 50); v.Banned {
 			t.Errorf("FailedAt(%v) ×50 = %+v, want not banned", src, v)
 		}
-		if err := l.TryAt(t0, src, "alice"); err != nil {
+		if err := tryErr(l, t0, src, "alice"); err != nil {
 			t.Errorf("TryAt(%v) = %v, want nil", src, err)
 		}
 		l.AddBanAt(t0, src, time.Hour, "test")
@@ -171,7 +171,7 @@ func TestBansDisabled(t *testing.T) {
 		t.Errorf("FailedAt ×100 with bans disabled = %+v, want Delay 2s, not banned", v)
 	}
 	l.AddBanAt(t0, src, time.Hour, "test")
-	if err := l.TryAt(t0, src, "alice"); err != nil {
+	if err := tryErr(l, t0, src, "alice"); err != nil {
 		t.Errorf("TryAt with bans disabled = %v, want nil", err)
 	}
 	held := hold(t, l, t0, src, 1)
@@ -213,12 +213,12 @@ func TestUpdate(t *testing.T) {
 
 	b.Enabled = false
 	l.Update(b, lim)
-	if err := l.TryAt(t0, src, "alice"); err != nil {
+	if err := tryErr(l, t0, src, "alice"); err != nil {
 		t.Errorf("TryAt after enabled = false = %v, want nil", err)
 	}
 	b.Enabled = true
 	l.Update(b, lim)
-	if err := l.TryAt(t0, src, "alice"); !errors.Is(err, ErrRefused) {
+	if err := tryErr(l, t0, src, "alice"); !errors.Is(err, ErrRefused) {
 		t.Errorf("TryAt after enabled = true again = %v, want %v (state kept)", err, ErrRefused)
 	}
 }

@@ -44,3 +44,17 @@ func (l *Limiter) checkBounds() error {
 	}
 	return nil
 }
+
+// inFlight is the number of logins the source table counts in flight.
+func (l *Limiter) inFlight() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, f := range l.flights {
+		n += f.n
+		if f.n <= 0 || len(f.users) > f.n {
+			return 1 << 30 // impossible entry: more than any caller holds
+		}
+	}
+	return n
+}

@@ -24,7 +24,15 @@ func TestConcurrentUse(t *testing.T) {
 				if release, err := l.AdmitAt(now, src); err == nil {
 					defer release()
 				}
-				l.TryAt(now, src, user)
+				if a, err := l.TryAt(now, src, user); err == nil {
+					switch i % 3 {
+					case 0:
+						a.FailedAt(now, []byte{byte(i % 3)})
+					case 1:
+						a.SucceededAt(now)
+					}
+					a.Done() // after Failed or Succeeded: nothing
+				}
 				l.FailedAt(now, src, user, []byte{byte(i % 3)})
 				if i%11 == 0 {
 					l.SucceededAt(now, src, user)
@@ -49,6 +57,9 @@ func TestConcurrentUse(t *testing.T) {
 	wg.Wait()
 	if err := l.checkBounds(); err != nil {
 		t.Error(err)
+	}
+	if len(l.flights) != 0 || len(l.acctFlights) != 0 {
+		t.Errorf("after all attempts ended: %d sources and %d accounts in flight, want 0", len(l.flights), len(l.acctFlights))
 	}
 	if l.total != 0 || len(l.conns) != 0 {
 		t.Errorf("after all releases: total %d, per-source entries %d, want 0 and 0", l.total, len(l.conns))

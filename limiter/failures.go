@@ -4,11 +4,9 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
-	"fmt"
 	"hash/maphash"
 	"net/netip"
 	"slices"
-	"strings"
 	"time"
 )
 
@@ -60,39 +58,6 @@ type protection struct {
 	failures int
 }
 
-// Try is asked when credentials arrive, before they go anywhere. It returns an
-// error wrapping ErrRefused when the source is banned by now (then it wraps
-// ErrBanned too, so the proxy may also hang up), or when user is in
-// protected mode and this source is not known-good for it and another such
-// source already had this minute's attempt.
-func (l *Limiter) Try(src netip.Addr, user string) error {
-	return l.TryAt(l.now(), src, user)
-}
-
-// TryAt is Try at the given time.
-func (l *Limiter) TryAt(now time.Time, src netip.Addr, user string) error {
-	src = src.Unmap()
-	uh := l.userHash(user)
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if !l.b.Enabled || l.allowed(src) {
-		return nil
-	}
-	if l.bans.lookup(src, now) != nil {
-		return fmt.Errorf("%w: %w", ErrRefused, ErrBanned)
-	}
-	a, ok := l.accounts.Get(uh)
-	t := now.UnixNano()
-	if !ok || t >= a.protectedUntil || l.knownGood(now, uh, src) {
-		return nil
-	}
-	if a.strangerAt != 0 && t-a.strangerAt < int64(strangerEvery) {
-		return fmt.Errorf("%w: account protected", ErrRefused)
-	}
-	a.strangerAt = t
-	return nil
-}
-
 // Failed records a failed login the backend confirmed (NO [AUTHENTICATIONFAILED]
 // or a NO without a code). Only a truncated keyed hash of secret is kept, so the
 // same wrong password from the same source for the same user counts once per
@@ -105,7 +70,12 @@ func (l *Limiter) Failed(src netip.Addr, user string, secret []byte) Verdict {
 
 // FailedAt is Failed at the given time.
 func (l *Limiter) FailedAt(now time.Time, src netip.Addr, user string, secret []byte) Verdict {
-	src = src.Unmap()
+	return l.failedAt(now, src.Unmap(), user, secret, nil)
+}
+
+// failedAt counts a failure and, under the same lock, releases att's
+// reservation (att may be nil: a failure Try did not reserve).
+func (l *Limiter) failedAt(now time.Time, src netip.Addr, user string, secret []byte, att *Attempt) Verdict {
 	uh, sh := l.userHash(user), l.secretHash(secret)
 	var (
 		ban     *Ban // made by this failure
@@ -113,14 +83,19 @@ func (l *Limiter) FailedAt(now time.Time, src netip.Addr, user string, secret []
 		prot    *protection
 	)
 	l.mu.Lock()
+	if att != nil {
+		l.release(att)
+	}
 	v := Verdict{Delay: l.delay()}
 	switch {
 	case !l.b.Enabled:
 	case l.allowed(src):
 		prot = l.countAccount(now, uh)
 	default:
-		if e := l.bans.lookup(src, now); e != nil { // a session from before its ban
+		if e := l.bans.lookup(src, now); e != nil { // a login in flight when the ban came
 			v.Banned, v.Until, v.Reason = true, e.Until, e.Reason
+			// The guess reached the backend: it counts against the account.
+			prot = l.countAccount(now, uh)
 			break
 		}
 		var counted bool
@@ -226,9 +201,13 @@ func (l *Limiter) SucceededAt(now time.Time, src netip.Addr, user string) {
 	uh := l.userHash(user)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if !l.b.Enabled {
-		return
+	if l.b.Enabled {
+		l.succeeded(now, src, uh)
 	}
+}
+
+// succeeded forgives and records a success; callers hold mu.
+func (l *Limiter) succeeded(now time.Time, src netip.Addr, uh uint64) {
 	key := l.key(src)
 	if s, ok := l.sources.Peek(key); ok {
 		if s.forgive(uh); len(s.list) == 0 {
@@ -252,11 +231,11 @@ func logUser(u string) string {
 	return u
 }
 
-// userHash keys accounts by a 64-bit keyed hash of the lower-cased name: tables
-// hold 8 bytes, not client-chosen strings of up to max_line, and case variants
-// of one mailbox count together.
+// userHash keys accounts by a 64-bit keyed hash of the account name
+// (bans.account_key): tables hold 8 bytes, not client-chosen strings of up to
+// max_line, and the names of one mailbox count together.
 func (l *Limiter) userHash(user string) uint64 {
-	return maphash.String(l.userSeed, strings.ToLower(user))
+	return maphash.String(l.userSeed, accountName(*l.accountKey.Load(), user))
 }
 
 // secretHash is HMAC-SHA256 of the password under a per-process random key,

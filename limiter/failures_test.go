@@ -192,14 +192,14 @@ func TestBanExpiry(t *testing.T) {
 	if !v.Banned {
 		t.Fatalf("10 failures = %+v, want banned", v)
 	}
-	if err := l.TryAt(t0, src, "alice"); !errors.Is(err, ErrRefused) || !errors.Is(err, ErrBanned) {
+	if err := tryErr(l, t0, src, "alice"); !errors.Is(err, ErrRefused) || !errors.Is(err, ErrBanned) {
 		t.Errorf("TryAt while banned = %v, want %v and %v", err, ErrRefused, ErrBanned)
 	}
 	if got := l.FailedAt(t0, src, "alice", []byte("late")); !got.Banned || !got.Until.Equal(v.Until) {
 		t.Errorf("FailedAt while banned = %+v, want the running ban until %v", got, v.Until)
 	}
 	clk.Set(v.Until)
-	if err := l.TryAt(v.Until, src, "alice"); err != nil {
+	if err := tryErr(l, v.Until, src, "alice"); err != nil {
 		t.Errorf("TryAt at the end of the ban = %v, want nil", err)
 	}
 	if got := l.Bans(); len(got) != 0 {
@@ -308,7 +308,7 @@ func TestProtectedMode(t *testing.T) {
 		{25 * time.Hour, stranger2, "alice", nil},
 	}
 	for i, s := range steps {
-		if err := l.TryAt(now.Add(s.at), s.src, s.user); !errors.Is(err, s.want) {
+		if err := tryErr(l, now.Add(s.at), s.src, s.user); !errors.Is(err, s.want) {
 			t.Errorf("step %d: TryAt(+%v, %v, %s) = %v, want %v", i, s.at, s.src, s.user, err, s.want)
 		}
 	}
@@ -319,8 +319,8 @@ func TestKnownGoodExpires(t *testing.T) {
 	owner := addr("198.51.100.7")
 	l.SucceededAt(t0.Add(-31*24*time.Hour), owner, "alice")
 	l.FailedAt(t0, addr("192.0.2.1"), "alice", []byte("guess"))
-	l.TryAt(t0, addr("192.0.2.2"), "alice") // takes this minute's attempt
-	if err := l.TryAt(t0, owner, "alice"); !errors.Is(err, ErrRefused) {
+	tryErr(l, t0, addr("192.0.2.2"), "alice") // takes this minute's attempt
+	if err := tryErr(l, t0, owner, "alice"); !errors.Is(err, ErrRefused) {
 		t.Errorf("TryAt(owner, success 31 days ago) = %v, want %v", err, ErrRefused)
 	}
 }

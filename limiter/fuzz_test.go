@@ -41,6 +41,17 @@ func FuzzTables(f *testing.F) {
 		}, Options{})
 		now := t0
 		var held []func()
+		var flying []*Attempt
+		// end takes the attempt arg picks out of flying; nil when none flies.
+		end := func(arg byte) *Attempt {
+			if len(flying) == 0 {
+				return nil
+			}
+			j := int(arg) % len(flying)
+			a := flying[j]
+			flying = append(flying[:j], flying[j+1:]...)
+			return a
+		}
 		for i := 0; i+2 < len(ops); i += 3 {
 			op, a, arg := ops[i]%8, fuzzAddr(ops[i+1]), ops[i+2]
 			user := fmt.Sprint("user", arg%5)
@@ -57,11 +68,22 @@ func FuzzTables(f *testing.F) {
 					held = append(held[:j], held[j+1:]...)
 				}
 			case 2:
-				l.TryAt(now, a, user)
+				if at, err := l.TryAt(now, a, user); err == nil {
+					flying = append(flying, at)
+				}
 			case 3:
-				l.FailedAt(now, a, user, []byte{arg % 3})
+				if at := end(arg); at != nil {
+					at.FailedAt(now, []byte{arg % 3})
+				} else {
+					l.FailedAt(now, a, user, []byte{arg % 3})
+				}
 			case 4:
-				l.SucceededAt(now, a, user)
+				if at := end(arg); at != nil {
+					at.SucceededAt(now)
+					at.Done() // ended already: nothing
+				} else {
+					l.SucceededAt(now, a, user)
+				}
 			case 5:
 				l.AddBanAt(now, a, time.Duration(arg)*time.Minute, "")
 			case 6:
@@ -72,12 +94,21 @@ func FuzzTables(f *testing.F) {
 			if err := l.checkBounds(); err != nil {
 				t.Fatalf("after op %d (%d on %v): %v", i/3, op, a, err)
 			}
+			if got := l.inFlight(); got > len(flying) {
+				t.Fatalf("after op %d: %d logins counted in flight, %d attempts unended", i/3, got, len(flying))
+			}
 			if got := l.total; got != len(held) {
 				t.Fatalf("after op %d: %d connections counted, %d held", i/3, got, len(held))
 			}
 		}
 		for _, release := range held {
 			release()
+		}
+		for _, at := range flying {
+			at.Done()
+		}
+		if n := l.inFlight(); n != 0 || len(l.flights) != 0 || len(l.acctFlights) != 0 {
+			t.Fatalf("after ending all attempts: %d in flight, %d sources, %d accounts, want 0", n, len(l.flights), len(l.acctFlights))
 		}
 		if l.total != 0 || len(l.conns) != 0 {
 			t.Fatalf("after releasing all: total %d, per-source entries %d, want 0 and 0", l.total, len(l.conns))

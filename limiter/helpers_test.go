@@ -120,3 +120,11 @@ func hold(t *testing.T, l *Limiter, now time.Time, src netip.Addr, n int) []func
 	}
 	return out
 }
+
+// tryErr is TryAt's error; a reserved attempt is ended at once (Done), so
+// only the rationing Try itself does (strangerAt) remains.
+func tryErr(l *Limiter, now time.Time, src netip.Addr, user string) error {
+	a, err := l.TryAt(now, src, user)
+	a.Done()
+	return err
+}

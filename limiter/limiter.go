@@ -15,6 +15,7 @@ import (
 	randv2 "math/rand/v2"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/golang-lru/v2/simplelru"
@@ -59,6 +60,9 @@ type Limiter struct {
 	userSeed  maphash.Seed // account names are kept as 64-bit keyed hashes
 	metrics   *metrics
 
+	// accountKey is bans.account_key, read without mu: userHash runs outside it.
+	accountKey atomic.Pointer[string]
+
 	mu       sync.Mutex
 	b        conf.Bans
 	lim      conf.Limits
@@ -71,6 +75,12 @@ type Limiter struct {
 	bans     banTable
 	strikes  *simplelru.LRU[netip.Prefix, strike]
 	gen      uint64 // bumped by every change to bans or strikes; Run saves when it moved
+
+	// Logins in flight (Try to Failed/Succeeded/Done), per source and, from
+	// sources not known-good, per account; guarded by mu. Entries exist only
+	// while > 0, so their size is bounded by the sessions open, not max_tracked.
+	flights     map[netip.Prefix]*flight
+	acctFlights map[uint64]int
 
 	saveMu   sync.Mutex // one Save at a time; guards savedGen
 	savedGen uint64
@@ -94,7 +104,9 @@ func New(b conf.Bans, l conf.Limits, o Options) (*Limiter, error) {
 		conns:     make(map[netip.Prefix]int),
 		bans:      newBanTable(),
 	}
+	lim.flights, lim.acctFlights = make(map[netip.Prefix]*flight), make(map[uint64]int)
 	lim.applyDefaults()
+	lim.accountKey.Store(&b.AccountKey)
 	rand.Read(lim.secretKey) // never fails on supported platforms (Go 1.24+)
 	n := tracked(b)
 	lim.rates = mustLRU[netip.Prefix, *rate.Limiter](n)
@@ -159,6 +171,7 @@ func (l *Limiter) Update(b conf.Bans, lim conf.Limits) {
 		l.gen++
 	}
 	l.b, l.lim = b, lim
+	l.accountKey.Store(&b.AccountKey)
 	l.mu.Unlock()
 	l.logEvicted(evicted)
 }

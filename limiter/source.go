@@ -16,6 +16,7 @@ type SourceInfo struct {
 	RateTokens     float64      `json:"rate_tokens"`            // connections it may open at once right now
 	Failures       int          `json:"failures"`               // distinct failed logins in source_window
 	FailedAccounts int          `json:"failed_accounts"`        // distinct accounts among them
+	InFlight       int          `json:"in_flight"`              // logins reserved by Try and not answered yet
 	BansEnabled    bool         `json:"bans_enabled"`           // bans.enabled
 }
 
@@ -33,6 +34,7 @@ func (l *Limiter) SourceAt(now time.Time, ip netip.Addr) SourceInfo {
 		Prefix:      key,
 		Allowed:     l.allowed(ip),
 		Connections: l.conns[key],
+		InFlight:    l.flights[key].count(),
 		RateTokens:  float64(burst(l.lim.ConnectionRate)),
 		BansEnabled: l.b.Enabled,
 	}

@@ -19,26 +19,28 @@ func (s *session) tryLogin(tag string, c creds) (relaying, done bool) {
 		s.writef("%s BAD NUL, CR and LF are not allowed in credentials\r\n", tag)
 		return false, false
 	}
-	src := s.client.Addr()
-	if err := s.srv.policy.Try(src, c.user); err != nil {
-		s.logAuth(c, "", outcomeRefused, err.Error(), start)
-		// UNAVAILABLE (RFC 5530): mail apps retry later instead of asking their
-		// user for a new password.
-		s.writef("%s NO [UNAVAILABLE] Too many failed logins; try again later\r\n", tag)
-		if errors.Is(err, limiter.ErrBanned) {
-			s.bye("Too many failed logins")
-			return false, true
-		}
-		return false, false
+	att, err := s.srv.policy.Try(s.client.Addr(), c.user)
+	if err != nil {
+		s.srv.refusals.auth(s, c, err, start)
+		return false, s.refuse(tag, err)
 	}
+	// Every outcome ends the reservation: Failed and Succeeded below, Done for
+	// the rest (backend error, other codes, client gone, shutdown, panic).
+	defer att.Done()
 	bs := s.srv.backend.Load()
 	s.setBackend(bs.addr)
 	res := s.backendLogin(s.srv.ctx, bs, c)
 	switch res.outcome {
 	case outcomeOK:
+		if err := att.Succeeded(); err != nil { // banned while in flight
+			res.bc.conn.Close()
+			// Rare and telling (the attacker may hold the password): never summarised.
+			s.logAuth(c, bs.addr, outcomeRefused, err.Error()+"; the backend accepted the login, closed unused", start)
+			return false, s.refuse(tag, err)
+		}
 		return s.loggedIn(tag, c, bs, res, start)
 	case outcomeFailed:
-		return false, s.loginFailed(tag, c, bs, res, start)
+		return false, s.loginFailed(tag, c, bs, res, att, start)
 	case outcomeRejected:
 		s.logAuth(c, bs.addr, res.outcome, res.st.String(), start)
 		s.writef("%s NO [%s] %s\r\n", tag, sanitize(res.st.code, 40), sanitize(res.st.text, 200))
@@ -59,7 +61,6 @@ func (s *session) tryLogin(tag string, c creds) (relaying, done bool) {
 }
 
 func (s *session) loggedIn(tag string, c creds, bs *backendSettings, res loginResult, start time.Time) (bool, bool) {
-	s.srv.policy.Succeeded(s.client.Addr(), c.user)
 	caps := res.bc.postLoginCaps(&res)
 	var out strings.Builder
 	for _, u := range res.untagged {
@@ -81,8 +82,8 @@ func (s *session) loggedIn(tag string, c creds, bs *backendSettings, res loginRe
 
 // loginFailed answers a failed login after the policy's delay. It reports
 // whether the session is over (too many failures, or the source is now banned).
-func (s *session) loginFailed(tag string, c creds, bs *backendSettings, res loginResult, start time.Time) bool {
-	v := s.srv.policy.Failed(s.client.Addr(), c.user, c.password)
+func (s *session) loginFailed(tag string, c creds, bs *backendSettings, res loginResult, att *limiter.Attempt, start time.Time) bool {
+	v := att.Failed(c.password)
 	reason := res.st.String()
 	if v.Banned {
 		reason += "; source banned: " + v.Reason
@@ -95,6 +96,29 @@ func (s *session) loginFailed(tag string, c creds, bs *backendSettings, res logi
 	s.writef("%s NO [AUTHENTICATIONFAILED] Authentication failed\r\n", tag)
 	s.failures++
 	if v.Banned || s.failures >= s.cfg.Limits.MaxAuthFailuresPerConnection {
+		s.bye("Too many failed logins")
+		return true
+	}
+	return false
+}
+
+// refuse answers a login the policy refused, before it reached the backend or
+// (banned while in flight) after: like a failure, after the policy's delay and
+// counted toward max_auth_failures_per_connection, so pipelining refused
+// logins costs the client time and ends the connection at the cap (issue 11,
+// point 2). It reports whether the session is over.
+func (s *session) refuse(tag string, err error) bool {
+	var r *limiter.Refusal
+	errors.As(err, &r)
+	if r != nil && !s.sleep(r.Delay) {
+		s.bye("Server shutting down")
+		return true
+	}
+	// UNAVAILABLE (RFC 5530): mail apps retry later instead of asking their
+	// user for a new password.
+	s.writef("%s NO [UNAVAILABLE] Too many failed logins; try again later\r\n", tag)
+	s.failures++
+	if errors.Is(err, limiter.ErrBanned) || s.failures >= s.cfg.Limits.MaxAuthFailuresPerConnection {
 		s.bye("Too many failed logins")
 		return true
 	}
@@ -118,8 +142,7 @@ func (s *session) sleep(d time.Duration) bool {
 
 // logAuth writes the one line per auth decision.
 func (s *session) logAuth(c creds, backend, outcome, reason string, start time.Time) {
-	s.srv.m.logins.WithLabelValues(outcome).Inc()
-	s.srv.m.loginSeconds.Observe(time.Since(start).Seconds())
+	s.countAuth(outcome, start)
 	args := []any{"ip", s.client.Addr().String(), "user", sanitize(c.user, 256), "mech", c.mech, "outcome", outcome}
 	if backend != "" {
 		args = append(args, "backend", backend)
@@ -129,6 +152,13 @@ func (s *session) logAuth(c creds, backend, outcome, reason string, start time.T
 	}
 	args = append(args, "duration", time.Since(start).Round(time.Microsecond))
 	s.logger().Info("auth", args...)
+}
+
+// countAuth counts one auth decision in the metrics; logAuth calls it, and so
+// do refusals that are logged only in summary.
+func (s *session) countAuth(outcome string, start time.Time) {
+	s.srv.m.logins.WithLabelValues(outcome).Inc()
+	s.srv.m.loginSeconds.Observe(time.Since(start).Seconds())
 }
 
 func (s *session) setUser(u string) {

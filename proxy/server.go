@@ -26,13 +26,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Policy is what the proxy asks before admitting a connection or a login, and
-// tells after a login. *limiter.Limiter implements it.
+// Policy is what the proxy asks before admitting a connection or a login.
+// Try reserves the login; the proxy tells the outcome through the returned
+// attempt (Failed, Succeeded, or Done for anything else). *limiter.Limiter
+// implements it.
 type Policy interface {
 	Admit(src netip.Addr) (release func(), err error)
-	Try(src netip.Addr, user string) error
-	Failed(src netip.Addr, user string, secret []byte) limiter.Verdict
-	Succeeded(src netip.Addr, user string)
+	Try(src netip.Addr, user string) (*limiter.Attempt, error)
 }
 
 var _ Policy = (*limiter.Limiter)(nil)
@@ -62,6 +62,7 @@ type Server struct {
 	m       *metrics
 
 	untrusted *logThrottle // log lines about peers refused on proxy_protocol listeners
+	refusals  refusalLog   // refused logins, logged in summary
 
 	mu        sync.Mutex
 	listeners map[string]*listener // by address
@@ -108,8 +109,9 @@ func (s *Server) Start() error {
 	if err := s.syncListeners(s.Config().Listen); err != nil {
 		return err
 	}
-	s.wg.Add(1)
+	s.wg.Add(2)
 	go s.trimLoop()
+	go s.refusalLoop()
 	return nil
 }
 
