@@ -182,7 +182,7 @@ func (s *session) localAddr() *net.TCPAddr {
 }
 
 func (bc *backendConn) greeting() error {
-	line, err := readResponse(bc.br)
+	line, err := readOneResponse(bc.br)
 	if err != nil {
 		return fmt.Errorf("reading backend greeting: %w", err)
 	}
@@ -202,8 +202,9 @@ func (bc *backendConn) command(tag, cmd string) (status, error) {
 	if _, err := fmt.Fprintf(bc.conn, "%s %s\r\n", tag, cmd); err != nil {
 		return status{}, fmt.Errorf("backend %s: %w", cmd, err)
 	}
+	rr := newReplyReader(bc.br)
 	for {
-		line, err := readResponse(bc.br)
+		line, err := rr.next()
 		if err != nil {
 			return status{}, fmt.Errorf("backend %s: %w", cmd, err)
 		}
@@ -333,8 +334,9 @@ func isQuotable(b []byte) bool {
 // loginReply reads the backend's answer to the login and classifies it.
 func (bc *backendConn) loginReply(rest []string) loginResult {
 	var res loginResult
+	rr := newReplyReader(bc.br)
 	for {
-		line, err := readResponse(bc.br)
+		line, err := rr.next()
 		if err != nil {
 			res.outcome, res.err = outcomeUnavailable, fmt.Errorf("reading login reply: %w", err)
 			return res
