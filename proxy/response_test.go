@@ -19,10 +19,13 @@ import (
 // (issue 11.3).
 func TestHostileBackendReplies(t *testing.T) {
 	const (
-		connectTimeout = time.Second
+		connectTimeout = 3 * time.Second
 		logins         = 4
-		prompt         = 500 * time.Millisecond // well under connectTimeout
-		heapBound      = 8 << 20
+		// prompt is well under connectTimeout, up to which the replies
+		// above kept a login reading before the fix, and far above the few
+		// milliseconds the logins take now: slack for a loaded machine.
+		prompt    = 1500 * time.Millisecond
+		heapBound = 8 << 20
 	)
 	greet := "* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR] hi\r\n"
 	// loginReply greets, waits for the login and answers it with head, then
