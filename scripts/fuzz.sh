@@ -58,11 +58,28 @@ report() {
 	echo "$GO test -run='^\$' -fuzz='^$name\$' -fuzztime=$time $pkg"
 }
 
+# go test's -timeout (default 10m) also bounds a fuzz run, which then dies with
+# "test timed out" rather than ending at -fuzztime: give it the fuzz time plus
+# 10 minutes for building, the seed corpus and minimizing a crasher. A count
+# (-fuzztime=Nx) keeps the default.
+timeout=10m
+if secs=$(awk -v d="$time" 'BEGIN {
+	if (d !~ /^([0-9]+(\.[0-9]+)?(h|m|s|ms))+$/) exit 1
+	s = 0
+	while (match(d, /^[0-9.]+(h|ms|m|s)/)) {
+		tok = substr(d, 1, RLENGTH); d = substr(d, RLENGTH + 1)
+		n = tok + 0; u = tok; sub(/^[0-9.]+/, "", u)
+		s += n * (u == "h" ? 3600 : u == "m" ? 60 : u == "s" ? 1 : 0.001)
+	}
+	printf "%d", s + 600 }'); then
+	timeout=${secs}s
+fi
+
 for t in "$@"; do
 	pkg=${t%%:*} name=${t##*:}
 	log=$(mktemp)
 	echo "fuzz $name in $pkg for $time"
-	$GO test -run='^$' -fuzz="^$name\$" -fuzztime="$time" ${FUZZ_PARALLEL:+-parallel="$FUZZ_PARALLEL"} "$pkg" 2>&1 | tee "$log"
+	$GO test -run='^$' -fuzz="^$name\$" -fuzztime="$time" -timeout="$timeout" ${FUZZ_PARALLEL:+-parallel="$FUZZ_PARALLEL"} "$pkg" 2>&1 | tee "$log"
 	rc=${PIPESTATUS[0]}
 	if [ "$rc" -ne 0 ]; then
 		if spurious "$name" "$log"; then
