@@ -3,18 +3,18 @@
 GO ?= go
 
 # Fuzz targets as pkgpath:FuzzName. `make test` runs each for TEST_FUZZTIME,
-# `make fuzz` for FUZZTIME.
-FUZZ_TARGETS ?= ./proxy/imapwire:FuzzParse ./limiter:FuzzTables ./proxy:FuzzSession
-FUZZTIME ?= 5m
+# `make fuzz` for FUZZTIME, one after another. FUZZ_PARALLEL sets the number
+# of fuzz workers (go test -parallel; default: one per CPU).
+FUZZ_TARGETS ?= ./proxy/imapwire:FuzzParse ./limiter:FuzzTables ./proxy:FuzzSession ./proxy:FuzzResponse
+FUZZTIME ?= 10m
 TEST_FUZZTIME ?= 20s
+FUZZ_PARALLEL ?=
 
-# fuzz_run TIME: each target in turn (go test -fuzz takes one package at a time).
+# fuzz_run TIME: scripts/fuzz.sh runs each target in turn; for a failing one
+# it prints the input go test wrote and the command that replays it, and
+# exits non-zero after the others ran.
 define fuzz_run
-	@set -e; for t in $(FUZZ_TARGETS); do \
-		pkg=$${t%%:*}; name=$${t##*:}; \
-		echo "fuzz $$name in $$pkg for $(1)"; \
-		$(GO) test -run='^$$' -fuzz='^'"$$name"'$$' -fuzztime=$(1) "$$pkg"; \
-	done
+	@GO='$(GO)' FUZZ_PARALLEL='$(FUZZ_PARALLEL)' bash scripts/fuzz.sh $(1) $(FUZZ_TARGETS)
 endef
 
 # gofmt_check fails listing the files gofmt would change.

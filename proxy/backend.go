@@ -190,7 +190,7 @@ func (s *session) localAddr() *net.TCPAddr {
 }
 
 func (bc *backendConn) greeting() error {
-	line, err := readResponse(bc.br)
+	line, err := readOneResponse(bc.br)
 	if err != nil {
 		return fmt.Errorf("reading backend greeting: %w", err)
 	}
@@ -210,8 +210,9 @@ func (bc *backendConn) command(tag, cmd string) (status, error) {
 	if _, err := fmt.Fprintf(bc.conn, "%s %s\r\n", tag, cmd); err != nil {
 		return status{}, fmt.Errorf("backend %s: %w", cmd, err)
 	}
+	rr := newReplyReader(bc.br)
 	for {
-		line, err := readResponse(bc.br)
+		line, err := rr.next()
 		if err != nil {
 			return status{}, fmt.Errorf("backend %s: %w", cmd, err)
 		}
@@ -344,8 +345,9 @@ func isQuotable(b []byte) bool {
 // loginReply reads the backend's answer to the login and classifies it.
 func (bc *backendConn) loginReply(rest []string) loginResult {
 	var res loginResult
+	rr := newReplyReader(bc.br)
 	for {
-		line, err := readResponse(bc.br)
+		line, err := rr.next()
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			res.outcome, res.err = outcomeTimeout, errLoginTimeout
 			return res

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"reflect"
 	"strings"
 	"testing"
@@ -61,23 +60,6 @@ func TestClassify(t *testing.T) {
 		if got := classify(parseStatus(tc.line)); got != tc.want {
 			t.Errorf("classify(%q) = %s, want %s", tc.line, got, tc.want)
 		}
-	}
-}
-
-func TestReadResponse(t *testing.T) {
-	in := "* ID (\"name\" {7}\r\nDovecot)\r\ngwl OK done\r\n"
-	br := bufio.NewReader(strings.NewReader(in))
-	got, err := readResponse(br)
-	if want := "* ID (\"name\" {7}\r\nDovecot)"; err != nil || got != want {
-		t.Fatalf("readResponse = %q, %v, want %q", got, err, want)
-	}
-	got, err = readResponse(br)
-	if err != nil || got != "gwl OK done" {
-		t.Fatalf("readResponse = %q, %v, want %q", got, err, "gwl OK done")
-	}
-	huge := bufio.NewReader(strings.NewReader("* X {999999999}\r\n"))
-	if _, err := readResponse(huge); err == nil {
-		t.Errorf("readResponse accepted a literal over maxResponse")
 	}
 }
 

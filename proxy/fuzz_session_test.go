@@ -10,7 +10,6 @@ import (
 	"net"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,16 +20,27 @@ import (
 	"github.com/imapgw/imapgw/proxy"
 )
 
-// fuzzPreauth is the fuzz gateway's preauth_timeout. The client half-closes
-// after its bytes, so a session normally ends at once; this bounds the rest.
-const fuzzPreauth = 2 * time.Second
-
-// fuzzCheckUser logs in every fuzzCheckEvery inputs to prove the gateway still
-// serves. No seed names it, so fuzzed failures never touch its account.
+// Per-input time bounds. The fuzzing engine kills a worker whose fuzz
+// function runs over 10 s ("deadlocked!"), which go test then reports as a
+// crash of the input at hand, whatever the cause: so one input, on a loaded
+// machine, must stay well under that. Timing bounds proper (slowloris,
+// half-closed clients) are tested in hostile_test.go, not here.
 const (
-	fuzzCheckUser  = "fuzzcheck"
-	fuzzCheckPass  = "fuzzcheck-secret"
-	fuzzCheckEvery = 64
+	// fuzzPreauth is each gateway's preauth_timeout. The client half-closes
+	// after its bytes, so a session normally ends at once on EOF; this bounds
+	// an input that leaves the gateway waiting on something else.
+	fuzzPreauth = time.Second
+	// fuzzInputBound is how long after the client's last byte its session may
+	// still be open, and the gateway's session table non-empty, before the
+	// input counts as a hang: preauth_timeout plus slack for a loaded machine.
+	fuzzInputBound = fuzzPreauth + 4*time.Second
+)
+
+// fuzzCheckUser logs in after every input to prove the gateway still serves.
+// No seed names it, so fuzzed failures never touch its account.
+const (
+	fuzzCheckUser = "fuzzcheck"
+	fuzzCheckPass = "fuzzcheck-secret"
 )
 
 // sessionSeeds are whole pre-auth conversations: RFC 9051 and RFC 2971
@@ -76,116 +86,132 @@ var sessionSeeds = []string{
 }
 
 // FuzzSession feeds arbitrary bytes to a whole pre-auth session on the STARTTLS
-// listener, before or after the TLS handshake, of one gateway in front of the
+// listener, before or after the TLS handshake, of a gateway in front of the
 // in-memory backend. Invariants: no panic; every pre-auth reply line is IMAP
 // (untagged, continuation, or tagged with a tag the client sent) in printable
-// ASCII, so nothing unparsed is reflected; the session ends within
-// preauth_timeout of the client's last byte; sessions do not pile up; and a
-// fresh client still logs in.
+// ASCII, so nothing unparsed is reflected; the session ends after the
+// client's last byte and leaves no session behind; and a fresh client still
+// logs in. Each input gets its own backend, limiter and gateway, so its result
+// depends on its bytes only (a crasher found after a million inputs replays
+// alone), and no input waits on another's sessions.
 func FuzzSession(f *testing.F) {
-	env := startFuzzGateway(f)
+	env := newFuzzEnv(f)
 	for _, s := range sessionSeeds {
 		f.Add(false, []byte(s))
 		f.Add(true, []byte(s))
 	}
 	f.Fuzz(func(t *testing.T, afterTLS bool, data []byte) {
-		env.session(t, afterTLS, data)
-		if n := env.srv.Panics(); n != 0 {
-			t.Fatalf("%v panics recovered; log tail:\n%s", n, env.logs.String())
+		g := env.start(t)
+		g.session(t, afterTLS, data)
+		if n := g.srv.Panics(); n != 0 {
+			t.Fatalf("%v panics recovered; log tail:\n%s", n, g.logs.String())
 		}
-		if env.inputs.Add(1)%fuzzCheckEvery == 1 {
-			env.stillServes(t)
-		}
+		g.stillServes(t)
 	})
 }
 
-// fuzzEnv is the gateway shared by every input of one fuzz process.
+// fuzzEnv is what every input's gateway shares: nothing that holds state
+// across inputs.
 type fuzzEnv struct {
+	users  map[string]string
+	server *tls.Config // the gateway's
+	client *tls.Config // the client's; no session cache, so every handshake is full
+}
+
+func newFuzzEnv(f *testing.F) *fuzzEnv {
+	users := testbed.DefaultUsers()
+	users[fuzzCheckUser] = fuzzCheckPass
+	ca := testbed.NewCA(f)
+	leaf := ca.Leaf(f, "localhost", "127.0.0.1", "127.0.0.2")
+	return &fuzzEnv{
+		users:  users,
+		server: &tls.Config{Certificates: []tls.Certificate{leaf}, NextProtos: []string{"imap"}},
+		client: &tls.Config{RootCAs: ca.Pool(), ServerName: "localhost"},
+	}
+}
+
+// fuzzGateway is one input's gateway.
+type fuzzGateway struct {
+	env      *fuzzEnv
 	srv      *proxy.Server
 	implicit string
 	starttls string
-	tls      *tls.Config // the client's
 	logs     *tailBuffer
-	inputs   atomic.Int64
 }
 
-// startFuzzGateway builds what startGateway and startDemo build, for a
-// *testing.F: those take a *testing.T, whose cleanup would stop the gateway
-// after the first input.
-func startFuzzGateway(f *testing.F) *fuzzEnv {
-	users := testbed.DefaultUsers()
-	users[fuzzCheckUser] = fuzzCheckPass
-	be, err := demo.Start("127.0.0.1:0", users)
+// start builds what startGateway and startDemo build, stopped by t's cleanup.
+func (e *fuzzEnv) start(t *testing.T) *fuzzGateway {
+	be, err := demo.Start("127.0.0.1:0", e.users)
 	if err != nil {
-		f.Fatal(err)
+		t.Fatal(err)
 	}
-	f.Cleanup(func() { be.Close() })
+	t.Cleanup(func() { be.Close() })
 	cfg := testConfig(be.Addr)
 	cfg.Backend.ClientIP = conf.ClientIPNone
 	cfg.Limits.PreauthTimeout = conf.D(fuzzPreauth)
 	cfg.Limits.MaxLine = 1024 // small, so the fuzzer reaches the limits
 	cfg.Limits.MaxLiteral = 1024
-	env := &fuzzEnv{logs: &tailBuffer{max: 256 << 10}}
-	log := slog.New(slog.NewTextHandler(env.logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	g := &fuzzGateway{env: e, logs: &tailBuffer{max: 64 << 10}}
+	log := slog.New(slog.NewTextHandler(g.logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	lim, err := limiter.New(cfg.Bans, cfg.Limits, limiter.Options{Logger: log})
 	if err != nil {
-		f.Fatal(err)
+		t.Fatal(err)
 	}
-	ca := testbed.NewCA(f)
-	leaf := ca.Leaf(f, "localhost", "127.0.0.1", "127.0.0.2")
-	certs := staticCerts{&tls.Config{Certificates: []tls.Certificate{leaf}, NextProtos: []string{"imap"}}}
-	srv, err := proxy.New(cfg, proxy.Options{Policy: lim, Certs: certs, Logger: log})
+	srv, err := proxy.New(cfg, proxy.Options{Policy: lim, Certs: staticCerts{e.server}, Logger: log})
 	if err == nil {
 		err = srv.Start()
 	}
 	if err != nil {
-		f.Fatal(err)
+		t.Fatal(err)
 	}
-	f.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		srv.Shutdown(ctx)
 	})
 	addrs := srv.Addrs()
-	env.srv, env.implicit, env.starttls = srv, addrs[0].String(), addrs[1].String()
-	env.tls = &tls.Config{RootCAs: ca.Pool(), ServerName: "localhost"}
-	return env
+	g.srv, g.implicit, g.starttls = srv, addrs[0].String(), addrs[1].String()
+	return g
 }
 
 // session sends data in one go, half-closes, and reads every reply.
-func (e *fuzzEnv) session(t *testing.T, afterTLS bool, data []byte) {
-	c := dialRaw(t, e.starttls, nil)
+func (g *fuzzGateway) session(t *testing.T, afterTLS bool, data []byte) {
+	c := dialRaw(t, g.starttls, nil)
 	greeting(t, c)
 	if afterTLS {
-		c.starttls(e.tls)
+		c.starttls(g.env.client)
 	}
 	// Written beside the reads: a gateway blocked on a reply we do not read
-	// would otherwise look like a hang.
+	// would otherwise look like a hang. Joined before returning, so nothing
+	// of this input outlives it.
 	wrote := make(chan time.Time, 1)
+	done := make(chan struct{})
 	go func() {
-		c.conn.SetWriteDeadline(time.Now().Add(fuzzPreauth))
+		defer close(done)
+		c.conn.SetWriteDeadline(time.Now().Add(fuzzInputBound))
 		c.conn.Write(data) // the gateway may close first: BYE on bad input
 		closeWrite(c.conn)
 		wrote <- time.Now()
 	}()
 	lines, err := readReplies(c, wrote)
+	<-done
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
-		t.Fatalf("session still open %v after the client's last byte (replies %q)", fuzzPreauth+time.Second, lines)
+		t.Fatalf("session still open %v after the client's last byte (replies %q)", fuzzInputBound, lines)
 	}
 	checkReplies(t, data, lines)
 }
 
 // readReplies reads lines until the gateway closes, with a deadline of
-// preauth_timeout (plus scheduling slack) after the client finished writing.
+// fuzzInputBound after the client finished writing.
 func readReplies(c *rawClient, wrote <-chan time.Time) ([]string, error) {
-	c.conn.SetReadDeadline(time.Now().Add(2*fuzzPreauth + time.Second))
+	c.conn.SetReadDeadline(time.Now().Add(2 * fuzzInputBound))
 	var lines []string
 	var total int
 	for {
 		select {
 		case at := <-wrote:
-			c.conn.SetReadDeadline(at.Add(fuzzPreauth + time.Second))
+			c.conn.SetReadDeadline(at.Add(fuzzInputBound))
 		default:
 		}
 		l, err := c.br.ReadString('\n')
@@ -258,25 +284,25 @@ func isTag(s string) bool {
 	return s != ""
 }
 
-// stillServes waits for the sessions of earlier inputs to be gone (none may
-// leak), then logs in through the implicit listener.
-func (e *fuzzEnv) stillServes(t *testing.T) {
+// stillServes waits for the input's session to be gone from the gateway (none
+// may leak), then logs in through the implicit listener.
+func (g *fuzzGateway) stillServes(t *testing.T) {
 	t.Helper()
-	deadline := time.Now().Add(fuzzPreauth + 2*time.Second)
-	for len(e.srv.Sessions()) > 0 {
+	deadline := time.Now().Add(fuzzInputBound)
+	for len(g.srv.Sessions()) > 0 {
 		if time.Now().After(deadline) {
-			t.Fatalf("%d sessions left after their clients went away: %+v", len(e.srv.Sessions()), e.srv.Sessions())
+			t.Fatalf("%d sessions left %v after their clients went away: %+v", len(g.srv.Sessions()), fuzzInputBound, g.srv.Sessions())
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	c := dialRaw(t, e.implicit, e.tls)
+	c := dialRaw(t, g.implicit, g.env.client)
 	greeting(t, c)
 	c.send("ok1 LOGIN " + fuzzCheckUser + " " + fuzzCheckPass + "\r\nok2 NOOP\r\n")
 	c.expect("ok1 OK")
 	c.expect("ok2 OK")
 }
 
-// tailBuffer keeps the last max bytes written: a fuzz run logs for minutes.
+// tailBuffer keeps the last max bytes written: the log tail for a failure.
 type tailBuffer struct {
 	mu  sync.Mutex
 	max int
