@@ -255,15 +255,16 @@ func allAtomChars(b []byte) bool {
 }
 
 // validAtomChar is RFC 9051's ATOM-CHAR widened as the package documents: ']'
-// (ASTRING-CHAR), list-wildcards, and 8-bit bytes. Written out again here so
-// the test does not check the parser against itself.
+// (ASTRING-CHAR), list-wildcards, 8-bit bytes, and '\\' (imaplib's unquoted
+// Exchange shared-mailbox names, issue 10). Written out again here so the test
+// does not check the parser against itself.
 func validAtomChar(c byte) bool {
-	return c > ' ' && c != 0x7f && !strings.ContainsRune(`(){"\`, rune(c))
+	return c > ' ' && c != 0x7f && !strings.ContainsRune(`(){"`, rune(c))
 }
 
 func validTag(s string) bool {
 	for i := 0; i < len(s); i++ {
-		if c := s[i]; c >= 0x80 || !validAtomChar(c) || strings.ContainsRune("+%*", rune(c)) {
+		if c := s[i]; c >= 0x80 || !validAtomChar(c) || strings.ContainsRune(`+%*\`, rune(c)) {
 			return false
 		}
 	}

@@ -21,7 +21,7 @@ type Kind uint8
 
 // Value kinds.
 const (
-	Atom    Kind = iota + 1 // 1*ATOM-CHAR, also NIL and ASTRING's ']'
+	Atom    Kind = iota + 1 // 1*ATOM-CHAR, also NIL and ASTRING's ']'; also a backslash (see isAtomChar)
 	Quoted                  // "..." with \" and \\ unescaped
 	Literal                 // {n} or {n+} followed by n bytes
 	List                    // ( ... )
