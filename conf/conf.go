@@ -134,7 +134,21 @@ type Bans struct {
 	//     are one account (Exchange).
 	// A name that would become empty keeps its lower-cased form.
 	AccountKey string `toml:"account_key"`
+
+	// Firewall mirrors the bans into the kernel (issue 15): "none" (default) or
+	// "nftables", which needs CAP_NET_ADMIN. FirewallTable is the inet table
+	// imapgw owns (default "imapgw"); FirewallCleanup removes it on shutdown
+	// (default false: the elements' timeouts keep them honest).
+	Firewall        string `toml:"firewall"`
+	FirewallTable   string `toml:"firewall_table"`
+	FirewallCleanup bool   `toml:"firewall_cleanup"`
 }
+
+// bans.firewall values.
+const (
+	FirewallNone     = "none"
+	FirewallNftables = "nftables"
+)
 
 // bans.account_key values.
 const (
@@ -212,6 +226,8 @@ func Default() *Config {
 			AccountProtect:  D(24 * time.Hour),
 			MaxTracked:      262144,
 			AccountKey:      AccountKeyUser,
+			Firewall:        FirewallNone,
+			FirewallTable:   "imapgw",
 		},
 		Admin: Admin{Address: "127.0.0.1:9993", TLS: TLSNone},
 		Log:   Log{Level: "info", Format: "text"},

@@ -193,6 +193,7 @@ func (v *validator) bans(b *Bans) {
 		v.fail("bans.max_tracked", "must be at least 16, got %d", b.MaxTracked)
 	}
 	v.oneOf("bans.account_key", b.AccountKey, AccountKeyUser, AccountKeyLocalPart, AccountKeyStripRealm)
+	v.firewall(b)
 }
 
 func (v *validator) admin(a *Admin) {

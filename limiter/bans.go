@@ -81,6 +81,8 @@ func (l *Limiter) putBan(now time.Time, b Ban) (evicted []Ban) {
 	}
 	l.bans.put(b)
 	l.gen++
+	l.notifyLifted(evicted...)
+	l.notifySet(b)
 	return evicted
 }
 
@@ -171,6 +173,7 @@ func (l *Limiter) LiftBanAt(now time.Time, ip netip.Addr) bool {
 	l.strikes.Remove(b.Prefix)
 	l.sources.Remove(b.Prefix)
 	l.gen++
+	l.notifyLifted(b)
 	l.mu.Unlock()
 	l.log.Info("ban lifted", "prefix", b.Prefix, "reason", b.Reason, "until", b.Until, "strikes", b.Strikes)
 	return true

@@ -74,7 +74,8 @@ type Limiter struct {
 	good     *simplelru.LRU[goodKey, int64] // last success (unix ns) per account and network
 	bans     banTable
 	strikes  *simplelru.LRU[netip.Prefix, strike]
-	gen      uint64 // bumped by every change to bans or strikes; Run saves when it moved
+	gen      uint64      // bumped by every change to bans or strikes; Run saves when it moved
+	listener BanListener // nil: none (SetBanListener)
 
 	// Logins in flight (Try to Failed/Succeeded/Done), per source and, from
 	// sources not known-good, per account; guarded by mu. Entries exist only
@@ -168,6 +169,7 @@ func (l *Limiter) Update(b conf.Bans, lim conf.Limits) {
 		l.good.Resize(n)
 		l.strikes.Resize(n)
 		evicted = l.bans.trim(n)
+		l.notifyLifted(evicted...)
 		l.gen++
 	}
 	l.b, l.lim = b, lim
