@@ -54,7 +54,23 @@ func (s *Server) ready() bool { return !s.draining() && (s.o.Ready == nil || s.o
 func (s *Server) draining() bool { return s.o.Draining != nil && s.o.Draining() }
 
 func (s *Server) listBans(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, nonNil(s.o.Bans.Bans()))
+	bans := nonNil(s.o.Bans.Bans())
+	if s.o.InKernel == nil {
+		writeJSON(w, http.StatusOK, bans)
+		return
+	}
+	out := make([]BanView, len(bans))
+	for i, b := range bans {
+		out[i] = BanView{Ban: b, InKernel: s.o.InKernel(b.Prefix)}
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// BanView is a ban as GET /api/v1/bans shows it with a firewall configured:
+// in_kernel says whether the kernel drops its packets (issue 15).
+type BanView struct {
+	limiter.Ban
+	InKernel bool `json:"in_kernel"`
 }
 
 func (s *Server) addBan(w http.ResponseWriter, r *http.Request) {

@@ -78,6 +78,10 @@ type Options struct {
 	Gatherer prometheus.Gatherer
 	// Bans is the policy; required.
 	Bans Bans
+	// InKernel reports whether a ban's prefix is in the kernel's firewall
+	// (bans.firewall); GET /api/v1/bans then shows it as in_kernel.
+	// nil: no firewall, the field is left out.
+	InKernel func(netip.Prefix) bool
 	// Sessions lists the active sessions. nil: none.
 	Sessions Sessions
 	// Certs lists the loaded certificates. nil: none.

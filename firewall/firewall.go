@@ -8,6 +8,7 @@ import (
 	"maps"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -39,12 +40,12 @@ type Firewall struct {
 	o      Options
 	log    *slog.Logger
 	now    func() time.Time
-	ports  []uint16
 	m      *metrics
 	wake   chan struct{}
 	layout layout
 
 	mu    sync.Mutex
+	ports []uint16                   // the listening ports the chain protects
 	want  map[netip.Prefix]time.Time // the bans: prefix → until
 	dirty map[netip.Prefix]bool      // changed since the last batch
 	have  map[netip.Prefix]time.Time // what the last successful batch left in the kernel
@@ -108,9 +109,28 @@ func (f *Firewall) Start(bans []limiter.Ban) error {
 	if err != nil {
 		return err
 	}
-	f.log.Info("firewall table installed", "table", "inet "+f.o.Table, "ports", f.ports,
+	f.log.Info("firewall table installed", "table", "inet "+f.o.Table, "ports", f.Ports(),
 		"elements", n, "took", time.Since(start).Round(time.Microsecond))
 	return nil
+}
+
+// SetPorts changes the protected ports (listeners changed on reload); Run
+// rebuilds the table with them.
+func (f *Firewall) SetPorts(ports []uint16) {
+	ports = uniquePorts(ports)
+	f.mu.Lock()
+	if !slices.Equal(ports, f.ports) && len(ports) > 0 {
+		f.ports, f.stale = ports, true
+	}
+	f.mu.Unlock()
+	f.poke()
+}
+
+// Ports returns the protected ports.
+func (f *Firewall) Ports() []uint16 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.ports)
 }
 
 // rebuild replaces the table with one holding want, and records it as had.
@@ -118,7 +138,7 @@ func (f *Firewall) rebuild() (int, error) {
 	now := f.now()
 	f.mu.Lock()
 	f.pruneLocked(now)
-	want := maps.Clone(f.want)
+	want, ports := maps.Clone(f.want), slices.Clone(f.ports)
 	clear(f.dirty)
 	f.mu.Unlock()
 	c, err := f.conn()
@@ -126,7 +146,7 @@ func (f *Firewall) rebuild() (int, error) {
 		return 0, f.fail("opening netlink", err)
 	}
 	l := newLayout(f.o.Table)
-	if err := l.rebuild(c, f.ports, want, now); err != nil {
+	if err := l.rebuild(c, ports, want, now); err != nil {
 		return 0, f.fail("building the table", err)
 	}
 	if err := c.Flush(); err != nil {

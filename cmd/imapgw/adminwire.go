@@ -45,6 +45,7 @@ func (g *gateway) newAdmin(a conf.Admin) (*admin.Server, error) {
 		TLS:      tlsConf,
 		Gatherer: g.reg,
 		Bans:     g.lim,
+		InKernel: g.firewallInKernel(),
 		Sessions: admin.SessionsFunc(g.sessions),
 		Certs:    g.certs.Certificates,
 		Ready:    g.certs.Ready,

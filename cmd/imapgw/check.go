@@ -15,7 +15,8 @@ func checkCmd(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	if _, err := conf.Load(*path); err != nil {
+	cfg, err := conf.Load(*path)
+	if err != nil {
 		var errs conf.Errors
 		if errors.As(err, &errs) {
 			for _, e := range errs {
@@ -25,6 +26,9 @@ func checkCmd(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, err)
 		}
 		return 1
+	}
+	for _, w := range checkWarnings(cfg) {
+		fmt.Fprintln(stderr, w)
 	}
 	fmt.Fprintf(stdout, "%s: ok\n", *path)
 	return 0

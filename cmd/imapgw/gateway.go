@@ -13,6 +13,7 @@ import (
 	"github.com/imapgw/imapgw/acme"
 	"github.com/imapgw/imapgw/admin"
 	"github.com/imapgw/imapgw/conf"
+	"github.com/imapgw/imapgw/firewall"
 	"github.com/imapgw/imapgw/limiter"
 	"github.com/imapgw/imapgw/proxy"
 	"github.com/prometheus/client_golang/prometheus"
@@ -28,7 +29,8 @@ type gateway struct {
 	lim   *limiter.Limiter
 	certs *acme.Manager
 	srv   *proxy.Server
-	admin *admin.Server // nil when admin.address is ""
+	admin *admin.Server      // nil when admin.address is ""
+	fw    *firewall.Firewall // nil unless bans.firewall = "nftables"
 
 	mu  sync.Mutex // serializes reloads
 	cfg *conf.Config
@@ -99,6 +101,10 @@ func (g *gateway) start() error {
 	if err := g.srv.Start(); err != nil {
 		return err
 	}
+	if g.fw, err = g.startFirewall(); err != nil {
+		g.srv.Shutdown(context.Background())
+		return err
+	}
 	if g.admin, err = g.startAdmin(); err != nil {
 		g.srv.Shutdown(context.Background())
 		return err
@@ -134,6 +140,9 @@ func (g *gateway) reload() error {
 		return err
 	}
 	g.lim.Update(cfg.Bans, cfg.Limits)
+	if g.fw != nil {
+		g.fw.SetPorts(listenPorts(g.srv.Addrs()))
+	}
 	g.level.Set(parseLevel(cfg.Log.Level))
 	g.cfg = cfg
 	g.log.Info("configuration reloaded", "file", g.path)
