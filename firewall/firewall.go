@@ -192,6 +192,8 @@ func bigSendBuffer(c *netlink.Conn) error {
 		if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 16<<20) != nil {
 			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF, 16<<20)
 		}
+		// One acknowledgement per message comes back before Flush reads them.
+		unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 4<<20)
 	})
 	return errors.Join(err, serr)
 }
@@ -309,14 +311,35 @@ func (f *Firewall) send(add, del []netip.Prefix, until map[netip.Prefix]time.Tim
 		return f.fail("opening netlink", err)
 	}
 	l := f.layout
+	// Deletes first, so that an update (both) ends with the new element; a
+	// few messages per set, not one per ban, keep the kernel's answers few.
+	var del4, del6, add4, add6 []nftables.SetElement
 	for _, p := range del {
-		if err := c.SetDeleteElements(l.setFor(p), elements(p, time.Millisecond)); err != nil {
-			return f.fail("deleting "+p.String(), err)
+		e := elements(p, time.Millisecond)
+		if p.Addr().Is4() {
+			del4 = append(del4, e...)
+		} else {
+			del6 = append(del6, e...)
 		}
 	}
 	for _, p := range add {
-		if err := c.SetAddElements(l.setFor(p), elements(p, until[p].Sub(now))); err != nil {
-			return f.fail("adding "+p.String(), err)
+		e := elements(p, until[p].Sub(now))
+		if p.Addr().Is4() {
+			add4 = append(add4, e...)
+		} else {
+			add6 = append(add6, e...)
+		}
+	}
+	for _, op := range []struct {
+		s     *nftables.Set
+		elems []nftables.SetElement
+		fn    func(*nftables.Set, []nftables.SetElement) error
+	}{
+		{l.v4, del4, c.SetDeleteElements}, {l.v6, del6, c.SetDeleteElements},
+		{l.v4, add4, c.SetAddElements}, {l.v6, add6, c.SetAddElements},
+	} {
+		if err := chunked(op.elems, func(e []nftables.SetElement) error { return op.fn(op.s, e) }); err != nil {
+			return f.fail("queueing set elements", err)
 		}
 	}
 	if err := c.Flush(); err != nil {

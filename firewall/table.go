@@ -91,15 +91,20 @@ func (l layout) rebuild(c *nftables.Conn, ports []uint16, elems map[netip.Prefix
 	return nil
 }
 
-// add queues elements into s, perMessage at a time, keeping an interval's
-// start and end in the same message.
+// add queues elements into s in chunks.
 func (l layout) add(c *nftables.Conn, s *nftables.Set, elems []nftables.SetElement) error {
+	return chunked(elems, func(e []nftables.SetElement) error { return c.SetAddElements(s, e) })
+}
+
+// chunked calls fn with perMessage elements at a time, keeping an interval's
+// start and end in the same call.
+func chunked(elems []nftables.SetElement, fn func([]nftables.SetElement) error) error {
 	for len(elems) > 0 {
 		n := min(len(elems), perMessage)
 		if n < len(elems) && elems[n].IntervalEnd {
 			n++
 		}
-		if err := c.SetAddElements(s, elems[:n]); err != nil {
+		if err := fn(elems[:n]); err != nil {
 			return err
 		}
 		elems = elems[n:]

@@ -16,6 +16,7 @@ var packages = map[string]string{
 	"nginx":               "nginx-light libnginx-mod-mail",
 	"python3":             "python3",
 	"curl":                "curl",
+	"nft":                 "nftables",
 }
 
 // sbinDirs are searched after PATH: a non-root PATH often lacks /usr/sbin, where
