@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # deps.sh: make sure the real components the tests run are installed: Dovecot (the
-# IMAP backend), Pebble and pebble-challtestsrv (the ACME CA), python3 and curl.
+# IMAP backend), Pebble and pebble-challtestsrv (the ACME CA), python3, curl, and
+# nft (Debian nftables: the firewall tests look at the kernel's table with it).
 # As root on Debian it installs what is missing; otherwise it says what to install.
 # Exits non-zero when something is still missing and CI=true.
 set -euo pipefail
@@ -8,8 +9,8 @@ cd "$(dirname "$0")"
 . ./deps-lib.sh
 
 status=0
-ensure dovecot-imapd pebble curl python3 -- \
-	/usr/sbin/dovecot pebble pebble-challtestsrv python3 curl || status=$?
+ensure dovecot-imapd pebble curl python3 nftables -- \
+	/usr/sbin/dovecot pebble pebble-challtestsrv python3 curl nft || status=$?
 if [ -x /usr/sbin/dovecot ]; then
 	stop_service dovecot /run/dovecot/master.pid
 fi

@@ -93,3 +93,17 @@ func hasNetAdmin() bool {
 	}
 	return true
 }
+
+// firewallReload refuses a reload that changes the bans.firewall settings:
+// the table is made at start, so those take a restart.
+func firewallReload(old, nw conf.Bans) error {
+	switch {
+	case old.Firewall != nw.Firewall:
+		return fmt.Errorf("bans.firewall: changed from %q to %q: takes a restart", old.Firewall, nw.Firewall)
+	case old.FirewallTable != nw.FirewallTable:
+		return fmt.Errorf("bans.firewall_table: changed from %q to %q: takes a restart", old.FirewallTable, nw.FirewallTable)
+	case old.FirewallCleanup != nw.FirewallCleanup:
+		return fmt.Errorf("bans.firewall_cleanup: changed: takes a restart")
+	}
+	return nil
+}

@@ -163,3 +163,27 @@ func TestCheckFirewallWarnings(t *testing.T) {
 		t.Errorf("check as a process with CAP_NET_ADMIN = %v: stderr %q", hasNetAdmin(), errs.String())
 	}
 }
+
+// TestFirewallReloadRefused: the table is made at start, so a reload that
+// changes a bans.firewall setting is refused with the key's name.
+func TestFirewallReloadRefused(t *testing.T) {
+	base := conf.Default().Bans
+	cases := []struct {
+		mod  func(*conf.Bans)
+		want string
+	}{
+		{func(b *conf.Bans) {}, ""},
+		{func(b *conf.Bans) { b.Ban = conf.D(time.Hour) }, ""},
+		{func(b *conf.Bans) { b.Firewall = conf.FirewallNftables }, "bans.firewall:"},
+		{func(b *conf.Bans) { b.FirewallTable = "other" }, "bans.firewall_table:"},
+		{func(b *conf.Bans) { b.FirewallCleanup = true }, "bans.firewall_cleanup:"},
+	}
+	for _, c := range cases {
+		nw := base
+		c.mod(&nw)
+		err := firewallReload(base, nw)
+		if (c.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), c.want)) {
+			t.Errorf("firewallReload(%+v) = %v, want %q", nw, err, c.want)
+		}
+	}
+}

@@ -127,6 +127,10 @@ func (g *gateway) reload() error {
 		g.log.Error("reload rejected: the running configuration stays", "err", err)
 		return err
 	}
+	if err := firewallReload(g.cfg.Bans, cfg.Bans); err != nil {
+		g.log.Error("reload rejected: the running configuration stays", "err", err)
+		return err
+	}
 	if err := g.reloadCertFiles(cfg); err != nil {
 		g.log.Error("reload rejected: certificate files; the running configuration and certificate stay", "err", err)
 		return err

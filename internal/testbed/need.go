@@ -17,6 +17,7 @@ var packages = map[string]string{
 	"python3":             "python3",
 	"curl":                "curl",
 	"nft":                 "nftables",
+	"setpriv":             "util-linux",
 }
 
 // sbinDirs are searched after PATH: a non-root PATH often lacks /usr/sbin, where
