@@ -134,6 +134,9 @@ func run(opt options) error {
 			if err := b.flood(p); err != nil {
 				return fmt.Errorf("flood: %w", err)
 			}
+			if err := b.kernelDrop(p.(*imapgwPeer)); err != nil {
+				return fmt.Errorf("kernel drop: %w", err)
+			}
 		}
 	}
 	doc := report(opt, b.res, m, time.Since(start))
@@ -165,7 +168,7 @@ func makePeers(opt options, e *env) ([]peer, error) {
 			if err != nil {
 				return nil, err
 			}
-			out = append(out, &imapgwPeer{listenPeer{env: e, bin: bin}})
+			out = append(out, &imapgwPeer{listenPeer: listenPeer{env: e, bin: bin}})
 		case "haproxy":
 			bin, err := lookBin("haproxy")
 			if err != nil {

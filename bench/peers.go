@@ -107,7 +107,10 @@ func (l *listenPeer) run(args ...string) error {
 }
 
 // imapgwPeer is the gateway, built from this repository.
-type imapgwPeer struct{ listenPeer }
+type imapgwPeer struct {
+	listenPeer
+	firewall string // when set, bans.firewall = "nftables" with this table (kerneldrop.go)
+}
 
 func (g *imapgwPeer) name() string { return nameImapgw }
 
@@ -118,7 +121,11 @@ func (g *imapgwPeer) start() error {
 		return err
 	}
 	cfg := filepath.Join(g.dir, "imapgw.toml")
-	if err := os.WriteFile(cfg, []byte(imapgwConfig(g.env, g.dir, g.port)), 0o644); err != nil {
+	text := imapgwConfig(g.env, g.dir, g.port)
+	if g.firewall != "" {
+		text = strings.Replace(text, "[bans]\n", fmt.Sprintf("[bans]\nfirewall = \"nftables\"\nfirewall_table = %q\nfirewall_cleanup = true\n", g.firewall), 1)
+	}
+	if err := os.WriteFile(cfg, []byte(text), 0o644); err != nil {
 		return err
 	}
 	if out, err := exec.Command(g.bin, "check", "-config", cfg).CombinedOutput(); err != nil {

@@ -1,0 +1,76 @@
+package loadgen
+
+import (
+	"errors"
+	"net/netip"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// SYNFlood sends connection attempts (one SYN each) from src to addr, an IPv4
+// host:port, with workers goroutines for d: a non-blocking connect, then close
+// without waiting. It is what a banned source's flood looks like when the
+// kernel drops its SYNs (bans.firewall): nothing ever answers, so waiting for
+// a connect would measure the SYN retry timer, not the server. Refused counts
+// the attempts sent.
+func SYNFlood(addr netip.AddrPort, src netip.Addr, workers int, d time.Duration) FloodStats {
+	var (
+		mu  sync.Mutex
+		all FloodStats
+		wg  sync.WaitGroup
+	)
+	to := &syscall.SockaddrInet4{Port: int(addr.Port()), Addr: addr.Addr().As4()}
+	from := &syscall.SockaddrInet4{Addr: src.As4()}
+	start := time.Now()
+	deadline := start.Add(d)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var own FloodStats
+			for i := 0; ; i++ {
+				if i%64 == 0 && !time.Now().Before(deadline) {
+					break
+				}
+				if err := synOnce(from, to); err != nil {
+					own.Errors++
+					own.FirstErr = keepFirst(own.FirstErr, err)
+					continue
+				}
+				own.Refused++
+			}
+			mu.Lock()
+			all.Refused += own.Refused
+			all.Errors += own.Errors
+			all.FirstErr = keepFirst(all.FirstErr, own.FirstErr)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	all.Elapsed = time.Since(start)
+	return all
+}
+
+// synOnce sends one SYN: connect on a non-blocking socket returns EINPROGRESS
+// once the SYN is out; closing a socket in SYN-SENT sends nothing more.
+func synOnce(from, to *syscall.SockaddrInet4) error {
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer syscall.Close(fd)
+	if err := syscall.SetsockoptInt(fd, syscall.IPPROTO_IP, ipBindAddressNoPort, 1); err != nil {
+		return err
+	}
+	if err := syscall.Bind(fd, from); err != nil {
+		return err
+	}
+	if err := syscall.Connect(fd, to); !errors.Is(err, syscall.EINPROGRESS) {
+		if err == nil {
+			return errors.New("connected: the SYN was not dropped")
+		}
+		return err
+	}
+	return nil
+}
