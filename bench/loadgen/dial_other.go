@@ -13,6 +13,6 @@ import (
 func bindNoPort(network, address string, c syscall.RawConn) error { return nil }
 
 // SYNFlood is Linux only.
-func SYNFlood(addr netip.AddrPort, src netip.Addr, workers int, d time.Duration) FloodStats {
+func SYNFlood(addr netip.AddrPort, src netip.Addr, workers int, rate float64, d time.Duration) FloodStats {
 	return FloodStats{Errors: 1, FirstErr: errors.New("SYNFlood: Linux only")}
 }

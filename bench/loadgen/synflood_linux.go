@@ -9,12 +9,13 @@ import (
 )
 
 // SYNFlood sends connection attempts (one SYN each) from src to addr, an IPv4
-// host:port, with workers goroutines for d: a non-blocking connect, then close
-// without waiting. It is what a banned source's flood looks like when the
+// host:port, with workers goroutines for d, at rate attempts per second in all
+// (0: as fast as they can): a non-blocking connect, then close without
+// waiting. It is what a banned source's flood looks like when the
 // kernel drops its SYNs (bans.firewall): nothing ever answers, so waiting for
 // a connect would measure the SYN retry timer, not the server. Refused counts
 // the attempts sent.
-func SYNFlood(addr netip.AddrPort, src netip.Addr, workers int, d time.Duration) FloodStats {
+func SYNFlood(addr netip.AddrPort, src netip.Addr, workers int, rate float64, d time.Duration) FloodStats {
 	var (
 		mu  sync.Mutex
 		all FloodStats
@@ -32,6 +33,10 @@ func SYNFlood(addr netip.AddrPort, src netip.Addr, workers int, d time.Duration)
 			for i := 0; ; i++ {
 				if i%64 == 0 && !time.Now().Before(deadline) {
 					break
+				}
+				// Paced: this worker's share of the attempts due by now.
+				for rate > 0 && float64(i) >= time.Since(start).Seconds()*rate/float64(workers) {
+					time.Sleep(time.Millisecond)
 				}
 				if err := synOnce(from, to); err != nil {
 					own.Errors++
