@@ -3,20 +3,17 @@ package proxy
 import (
 	"bufio"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"os"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/imapgw/imapgw/backend"
 	"github.com/imapgw/imapgw/conf"
-	proxyproto "github.com/pires/go-proxyproto"
 )
 
 // backendConn is a backend connection during login: what backend.Dial
@@ -88,24 +85,24 @@ func (s *session) backendLogin(ctx context.Context, c creds) loginResult {
 
 // dialRoute tries the servers Route gives for user, in order.
 func (s *session) dialRoute(ctx context.Context, user string) (*backendConn, error) {
-	order, why := s.srv.pool.Route(user)
+	order, _ := s.srv.pool.Route(user)
 	if len(order) == 0 {
 		return nil, errNoBackend
 	}
 	var errs []error
+	local := addrPort(s.raw.LocalAddr())
 	for i, srv := range order {
 		s.setBackend(srv.Name)
-		start := time.Now()
-		c, err := srv.Dial(ctx, s.client)
+		c, err := srv.DialFrom(ctx, s.client, local)
 		if err == nil {
-			s.srv.m.dial.Observe(time.Since(start).Seconds())
+			s.srv.m.dial.Observe(c.Connected.Seconds())
 			if i > 0 {
-				s.logger().Info("backend failover", "user", sanitize(user, 256), "backend", srv.Name, "route", why, "skipped", i)
+				s.srv.pool.CountFailover(user, order[i-1], srv)
 			}
 			return newBackendConn(c, srv), nil
 		}
 		s.srv.pool.DialFailed(srv, err)
-		errs = append(errs, fmt.Errorf("%s: %w", srv.Name, err))
+		errs = append(errs, err)
 		if ctx.Err() != nil {
 			break
 		}
@@ -164,7 +161,7 @@ func (s *session) replayLogin(bc *backendConn, c creds) loginResult {
 	if err != nil {
 		return loginResult{outcome: outcomeUnavailable, err: err}
 	}
-	if bc.server.ClientIP() == conf.ClientIPID {
+	if bc.server.ClientIP == conf.ClientIPID {
 		if bc.has("ID") {
 			chunks[0] = s.idCommand() + chunks[0]
 		} else {
@@ -174,7 +171,7 @@ func (s *session) replayLogin(bc *backendConn, c creds) loginResult {
 	// Dovecot answers a failed login only after its auth penalty for the client's
 	// address (up to 15 s) plus auth_failure_delay: connect_timeout would turn an
 	// attacker's failures into backend errors the policy never counts (issue 10).
-	bc.conn.SetDeadline(time.Now().Add(s.cfg.Backend.LoginTimeout.Duration))
+	bc.conn.SetDeadline(time.Now().Add(bc.server.LoginTimeout))
 	if _, err := bc.conn.Write([]byte(chunks[0])); err != nil {
 		return loginResult{outcome: outcomeUnavailable, err: fmt.Errorf("writing login: %w", err)}
 	}

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/emersion/go-imap/v2/imapclient"
-	"github.com/imapgw/imapgw/backend"
 	"github.com/imapgw/imapgw/conf"
 	"github.com/imapgw/imapgw/internal/testbed"
 )
