@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 	"github.com/imapgw/imapgw/backend"
 	"github.com/imapgw/imapgw/conf"
 	"github.com/imapgw/imapgw/internal/testbed"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // poolEnv is a gateway in front of several real Dovecots sharing one mail root,
@@ -336,9 +338,8 @@ func TestPoolSameServer(t *testing.T) {
 		}
 	}
 	e.runImaplib(t, users)
-	e.runImaplib(t, users)
 	for _, u := range users {
-		e.nodes[hashed[u]].WaitLogins(t, u, 3, 5*time.Second)
+		e.nodes[hashed[u]].WaitLogins(t, u, 2, 5*time.Second)
 		for i, d := range e.nodes {
 			if i != hashed[u] && d.LoginCount(u) != 0 {
 				t.Errorf("%s logged in %d times on %s, want only %s", u, d.LoginCount(u), e.names[i], e.names[hashed[u]])
@@ -353,7 +354,7 @@ func TestPoolSameServer(t *testing.T) {
 			t.Errorf("no auth line names backend=%s", name)
 		}
 	}
-	assertNoPasswords(t, e.logs.String())
+	e.assertNoPasswords(t)
 }
 
 // TestPoolKillAndReturn: SIGKILL one of three Dovecots. Its users log in on
@@ -529,7 +530,7 @@ func TestPoolKillAndReturn(t *testing.T) {
 	for _, h := range survivors {
 		h.stop()
 	}
-	assertNoPasswords(t, e.logs.String())
+	e.assertNoPasswords(t)
 }
 
 func slowest[T any](rs []T, d func(T) time.Duration) time.Duration {
@@ -589,16 +590,29 @@ func TestPoolSilentServer(t *testing.T) {
 	if len(owned) == 0 {
 		t.Fatal("no user hashes to the silent server")
 	}
+	// Before any check: the login waits connect_timeout for a greeting that
+	// never comes, then goes on to the next server (nothing was sent to the
+	// silent one), which counts as a failover.
+	start := time.Now()
+	node := e.visitGo(t, owned[0])
+	took := time.Since(start)
+	if took < poolConnect || took > poolConnect+2*time.Second {
+		t.Errorf("login of %s via the silent server took %v, want connect_timeout %v and a little", owned[0], took, poolConnect)
+	}
+	if n := unlabeled(t, e.reg, "imapgw_backend_failovers_total"); n != 1 {
+		t.Errorf("imapgw_backend_failovers_total = %v, want 1", n)
+	}
+	t.Logf("%s: silent server not yet checked, went on to %s after %v", owned[0], e.names[node], took.Round(time.Millisecond))
 	e.runChecks(t)
 	bound := poolFall*(poolCheckInterval+checkTimeout) + time.Second
-	took := e.waitState(t, "silent", "down", bound)
+	took = e.waitState(t, "silent", "down", bound)
 	t.Logf("MEASURED: silent server marked down %v after the checks started (bound %v)", took.Round(time.Millisecond), bound)
 	for _, st := range e.pool.Servers() {
 		if st.Name == "silent" && st.LastError == "" {
 			t.Errorf("silent server down with no LastError: %+v", st)
 		}
 	}
-	for _, u := range owned {
+	for _, u := range owned[1:] {
 		start := time.Now()
 		node := e.visitGo(t, u)
 		if took := time.Since(start); took > time.Second {
@@ -826,5 +840,74 @@ func TestPoolReloadAddServer(t *testing.T) {
 	e.waitRoute(t, holder.user, e.names[3], affinity+2*time.Second)
 	if got := e.visitGo(t, holder.user); got != 3 {
 		t.Errorf("%s after its session and affinity went to %s, want the new %s", holder.user, e.names[got], e.names[3])
+	}
+}
+
+// TestPoolNoneUp: with every server down, a login is answered NO
+// [UNAVAILABLE] at once without dialing (so no credentials go anywhere) and is
+// not counted by the policy: more of them than max_auth_failures_per_connection
+// leave the connection open and the source with no failures.
+func TestPoolNoneUp(t *testing.T) {
+	e := startPoolEnv(t, 2, 0, nil)
+	e.runChecks(t)
+	for _, d := range e.nodes {
+		d.Kill()
+	}
+	for _, name := range e.names {
+		e.waitState(t, name, "down", poolFall*poolCheckInterval+time.Second)
+	}
+	const src = "127.0.0.77"
+	c := dialRawFrom(t, src, e.implicit, e.clientTLS())
+	greeting(t, c)
+	for i := range e.cfg.Limits.MaxAuthFailuresPerConnection + 2 {
+		start := time.Now()
+		tag := fmt.Sprintf("a%d", i)
+		c.send(tag + " LOGIN user01 " + e.users["user01"] + "\r\n")
+		if l, _ := c.expect(tag + " "); !strings.HasPrefix(l, tag+" NO [UNAVAILABLE]") {
+			t.Fatalf("login with no server up = %q, want NO [UNAVAILABLE]", l)
+		}
+		if took := time.Since(start); took > 500*time.Millisecond {
+			t.Errorf("login with no server up answered after %v, want at once", took)
+		}
+	}
+	c.send("n NOOP\r\n")
+	c.expect("n OK")
+	if got := e.lim.Source(netip.MustParseAddr(src)); got.Failures != 0 || got.Ban != nil {
+		t.Errorf("policy after logins with no server up: %+v, want no failures, no ban", got)
+	}
+	line := e.waitLog(t, "msg=auth", "user=user01", "outcome=error")
+	if !strings.Contains(line, "no backend server up") || strings.Contains(line, "backend=") {
+		t.Errorf("auth line %q, want reason no backend server up and no backend named", line)
+	}
+	e.assertNoPasswords(t)
+}
+
+// unlabeled returns the value of a counter without labels.
+func unlabeled(t *testing.T, reg *prometheus.Registry, family string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == family && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	return -1
+}
+
+// assertNoPasswords checks the gateway's log for the pool users' passwords
+// and has an auth line.
+func (e *poolEnv) assertNoPasswords(t *testing.T) {
+	t.Helper()
+	logs := e.logs.String()
+	for user, p := range e.users {
+		if strings.Contains(logs, p) || strings.Contains(logs, b64(p)) {
+			t.Errorf("the log contains %s's password", user)
+		}
+	}
+	if !strings.Contains(logs, "msg=auth") {
+		t.Errorf("the log has no auth line")
 	}
 }
