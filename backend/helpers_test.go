@@ -9,6 +9,7 @@ import (
 
 	"github.com/imapgw/imapgw/conf"
 	"github.com/imapgw/imapgw/internal/testbed"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // clock is an injected time source the test moves by hand.
@@ -47,8 +48,14 @@ func backendConf(servers ...conf.BackendServer) conf.Backend {
 // newPool builds a pool on clk (nil: time.Now) logging into the returned buffer.
 func newPool(t testing.TB, b conf.Backend, clk *clock) (*Pool, *testbed.LogBuffer) {
 	t.Helper()
+	return newPoolReg(t, b, clk, nil)
+}
+
+// newPoolReg is newPool registering its metrics in reg.
+func newPoolReg(t testing.TB, b conf.Backend, clk *clock, reg prometheus.Registerer) (*Pool, *testbed.LogBuffer) {
+	t.Helper()
 	logs := &testbed.LogBuffer{}
-	o := Options{Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
+	o := Options{Registerer: reg, Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
 	if clk != nil {
 		o.Now = clk.Now
 	}
