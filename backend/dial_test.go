@@ -1,9 +1,12 @@
 package backend
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -191,5 +194,30 @@ func TestDialImplicitTLS(t *testing.T) {
 	}
 	if _, ok := c.Conn.(*tls.Conn); !ok || !c.Has("AUTH=PLAIN") {
 		t.Errorf("implicit TLS: %T, caps %q", c.Conn, c.Caps)
+	}
+}
+
+// TestDialTooManyResponses: the answer to CAPABILITY is bounded in responses
+// as well as bytes.
+func TestDialTooManyResponses(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.Write([]byte("* OK hi\r\n"))
+		bufio.NewReader(c).ReadString('\n')
+		c.Write([]byte(strings.Repeat("* NOTHING\r\n", 100)))
+		io.Copy(io.Discard, c)
+	}()
+	_, err = dialServer(t, backendConf(conf.BackendServer{Name: "x", Address: ln.Addr().String(), Weight: 1}), netip.AddrPort{})
+	if err == nil || !strings.Contains(err.Error(), "too many responses") {
+		t.Errorf("Dial = %v, want too many responses", err)
 	}
 }

@@ -35,21 +35,6 @@ type Server struct {
 	state     *serverState
 }
 
-// settingsKey is what makes two configurations of one name the same server:
-// a reload keeps the *Server (and its health) when it has not changed.
-func (s *Server) sameSettings(o *Server) bool {
-	return s.Address == o.Address && s.Weight == o.Weight && s.TLS == o.TLS &&
-		s.ClientIP == o.ClientIP && s.ConnectTimeout == o.ConnectTimeout &&
-		s.LoginTimeout == o.LoginTimeout && sameTLS(s.tlsConfig, o.tlsConfig)
-}
-
-func sameTLS(a, b *tls.Config) bool {
-	if a == nil || b == nil {
-		return a == b
-	}
-	return a.ServerName == b.ServerName && a.InsecureSkipVerify == b.InsecureSkipVerify && a.RootCAs.Equal(b.RootCAs)
-}
-
 // newServer resolves one server's settings: its own keys, else [backend]'s.
 // roots caches CA pools by file so that each file is read once per load.
 func newServer(b *conf.Backend, cs conf.BackendServer, roots map[string]*x509.CertPool) (*Server, error) {
