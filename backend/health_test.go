@@ -101,3 +101,29 @@ func TestFallRise(t *testing.T) {
 		}
 	}
 }
+
+// TestRunStops: Run returns promptly when its context ends, even with a
+// check waiting on a server that never greets.
+func TestRunStops(t *testing.T) {
+	silent := newGreeter(t, "")
+	b := backendConf(conf.BackendServer{Name: "silent", Address: silent.addr(), Weight: 1})
+	b.CheckTimeout, b.ConnectTimeout = conf.D(time.Minute), conf.D(time.Minute)
+	p, _ := newPool(t, b, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { p.Run(ctx); close(done) }()
+	waitFor(t, 5*time.Second, "the check in flight", func() bool {
+		p.mu.RLock()
+		defer p.mu.RUnlock()
+		return p.byName["silent"].state.checking
+	})
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run still running 5s after its context ended")
+	}
+	if st := statusOf(p, "silent"); st.State != "up" || !st.LastCheck.IsZero() {
+		t.Errorf("a check cut by shutdown counted: %+v", st)
+	}
+}
