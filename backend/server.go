@@ -11,9 +11,10 @@ import (
 	"github.com/imapgw/imapgw/conf"
 )
 
-// Server is one configured IMAP server. It is immutable after New or Reload:
-// a reload that changes a server's settings makes a new *Server, and sessions
-// keep the one they were opened on.
+// Server is one configured IMAP server, immutable once built: each Reload
+// makes new Servers, and a session keeps the one it was opened on. Health,
+// drain and sessions carry over to the new Server of the same name and
+// address.
 type Server struct {
 	Name, Address string
 	Weight        int
