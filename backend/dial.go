@@ -59,6 +59,10 @@ func (s *Server) DialFrom(ctx context.Context, client, local netip.AddrPort) (*C
 	if dl, ok := ctx.Deadline(); ok {
 		nc.SetDeadline(dl)
 	}
+	// A cancelled ctx (shutdown) interrupts the greeting too, not only the
+	// connect and the TLS handshake.
+	stop := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Now()) })
+	defer stop()
 	if err := c.open(ctx, client, local); err != nil {
 		c.Conn.Close()
 		return nil, fmt.Errorf("backend %s: %w", s.Name, err)

@@ -88,11 +88,14 @@ func (p *Pool) Reload(cfg conf.Backend) error {
 	}
 	p.mu.Lock()
 	removed := p.retire(servers)
-	p.install(servers)
+	added := p.install(servers)
 	p.cfg, p.umap, p.mapStamp = cfg, m, stamp
 	p.mu.Unlock()
 	for _, name := range removed {
 		p.log.Info("backend removed; its sessions run until they end", "backend", name)
+	}
+	for _, name := range added {
+		p.log.Info("backend added", "backend", name)
 	}
 	select {
 	case p.wake <- struct{}{}:
@@ -132,8 +135,9 @@ func (p *Pool) retire(servers []*Server) []string {
 	return gone
 }
 
-// install makes servers the configured list, giving each its kept or a new state.
-func (p *Pool) install(servers []*Server) {
+// install makes servers the configured list, giving each its kept or a new
+// state, and returns the names of those with a new one.
+func (p *Pool) install(servers []*Server) (added []string) {
 	p.servers = servers
 	p.byName = make(map[string]*Server, len(servers))
 	for _, s := range servers {
@@ -143,10 +147,12 @@ func (p *Pool) install(servers []*Server) {
 			p.states[s.Name] = st
 			p.m.up.WithLabelValues(s.Name).Set(1)
 			p.m.sessions.WithLabelValues(s.Name).Add(0)
+			added = append(added, s.Name)
 		}
 		s.state = st
 		p.byName[s.Name] = s
 	}
+	return added
 }
 
 // usable: new logins may go there. Callers hold p.mu.

@@ -8,6 +8,9 @@ import (
 	"strings"
 )
 
+// Copied from proxy/response.go (issue 11.3) with the dialer: Dial reads the
+// greeting and the answers to STARTTLS and CAPABILITY within the same bounds.
+
 // Bounds on what the gateway reads from the backend while it logs in. The
 // backend is trusted to speak IMAP, not to be small or honest: with
 // backend.tls = "none" anyone on the path can answer in its place, and every
@@ -54,11 +57,6 @@ func (r *replyReader) next() (string, error) {
 	s, n, err := readResponse(r.br, r.bytes)
 	r.bytes -= n
 	return s, err
-}
-
-// readOneResponse reads a single response, such as the greeting.
-func readOneResponse(br *bufio.Reader) (string, error) {
-	return newReplyReader(br).next()
 }
 
 // readResponse reads one response line with its literals inlined, without the

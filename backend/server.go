@@ -11,9 +11,10 @@ import (
 	"github.com/imapgw/imapgw/conf"
 )
 
-// Server is one configured IMAP server. It is immutable after New or Reload:
-// a reload that changes a server's settings makes a new *Server, and sessions
-// keep the one they were opened on.
+// Server is one configured IMAP server, immutable once built: each Reload
+// makes new Servers, and a session keeps the one it was opened on. Health,
+// drain and sessions carry over to the new Server of the same name and
+// address.
 type Server struct {
 	Name, Address string
 	Weight        int
@@ -33,21 +34,6 @@ type Server struct {
 	weight    float64     // Weight, for the hash path
 	nameHash  uint64      // fnv1a(Name): its side of the rendezvous score
 	state     *serverState
-}
-
-// settingsKey is what makes two configurations of one name the same server:
-// a reload keeps the *Server (and its health) when it has not changed.
-func (s *Server) sameSettings(o *Server) bool {
-	return s.Address == o.Address && s.Weight == o.Weight && s.TLS == o.TLS &&
-		s.ClientIP == o.ClientIP && s.ConnectTimeout == o.ConnectTimeout &&
-		s.LoginTimeout == o.LoginTimeout && sameTLS(s.tlsConfig, o.tlsConfig)
-}
-
-func sameTLS(a, b *tls.Config) bool {
-	if a == nil || b == nil {
-		return a == b
-	}
-	return a.ServerName == b.ServerName && a.InsecureSkipVerify == b.InsecureSkipVerify && a.RootCAs.Equal(b.RootCAs)
 }
 
 // newServer resolves one server's settings: its own keys, else [backend]'s.

@@ -50,8 +50,8 @@ func (p *Pool) SessionStarted(user string, s *Server, closeFn func(reason string
 	u.sessions[sess] = struct{}{}
 	u.pin, u.moved = s.Name, false
 	sess.state.sessions[sess] = struct{}{}
+	p.m.sessions.WithLabelValues(s.Name).Inc() // under p.mu: a reload may delete the series
 	p.mu.Unlock()
-	p.m.sessions.WithLabelValues(s.Name).Inc()
 	var once sync.Once
 	return func() { once.Do(func() { p.endSession(sess) }) }
 }
