@@ -475,8 +475,9 @@ func TestPoolKillAndReturn(t *testing.T) {
 	if down < 0 || down > bound {
 		t.Errorf("%s marked down %v after the kill, want within %v (negative: never)", vname, down, bound)
 	}
-	t.Logf("MEASURED: after SIGKILL of %s: %d of its users logging in at once got OK from another server %v–%v after the kill (each login ≤ %v); marked down after %v (bound fall × check_interval + 1s = %v)",
-		vname, len(movers), firstMove.Round(time.Millisecond), moved.Round(time.Millisecond), slowest(results, func(r result) time.Duration { return r.took }).Round(time.Millisecond), down.Round(time.Millisecond), bound)
+	t.Logf("MEASURED: after SIGKILL of %s: %d of its users logging in at once got OK from another server %v–%v after the kill (each login ≤ %v, %v failovers); marked down after %v (bound fall × check_interval + 1s = %v)",
+		vname, len(movers), firstMove.Round(time.Millisecond), moved.Round(time.Millisecond), slowest(results, func(r result) time.Duration { return r.took }).Round(time.Millisecond),
+		unlabeled(t, e.reg, "imapgw_backend_failovers_total"), down.Round(time.Millisecond), bound)
 
 	busy := map[string]bool{}
 	for _, h := range survivors {
@@ -522,6 +523,11 @@ func TestPoolKillAndReturn(t *testing.T) {
 	}
 	if got := e.visitGo(t, holder); got != victim {
 		t.Errorf("%s after its affinity went to %s, want %s", holder, e.names[got], vname)
+	}
+	line := e.waitLog(t, "msg=\"session ended\" ", "user="+holder, "backend="+e.names[holderNode])
+	// After LOGOUT the server closes first; the gateway did not.
+	if !strings.Contains(line, "closed_by=backend") && !strings.Contains(line, "closed_by=client") {
+		t.Errorf("session end line %q after the client's LOGOUT, want closed_by=backend (or client)", line)
 	}
 	e.waitRoute(t, returner, vname, affinity+2*time.Second)
 	if got := e.visitGo(t, returner); got != victim {

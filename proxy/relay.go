@@ -63,13 +63,21 @@ func (s *session) startRelay(bc *backendConn, user string) {
 	left.Store(2)
 	up := s.newRelay(s.conn, backend, &s.bytesIn, s.srv.m.toBackend)
 	down := s.newRelay(backend, s.conn, &s.bytesOut, s.srv.m.toClient)
-	finish := func() {
+	// The direction that ends first names who closed the session (unless the
+	// gateway did, for the pool): "backend" after a LOGOUT (the server closes
+	// first), "client" when the app drops the connection.
+	finish := func(side string) {
+		s.mu.Lock()
+		if s.endedBy == "" {
+			s.endedBy = side
+		}
+		s.mu.Unlock()
 		if left.Add(-1) == 0 {
 			s.relayEnded(backend)
 		}
 	}
-	go func() { defer finish(); up.clientToBackend() }()
-	go func() { defer finish(); down.backendToClient() }()
+	go func() { defer finish("client"); up.clientToBackend() }()
+	go func() { defer finish("backend"); down.backendToClient() }()
 }
 
 // sendAhead writes bytes read ahead during the login to dst. A failure closes
@@ -101,10 +109,12 @@ func (s *session) relayEnded(backend net.Conn) {
 	args := []any{"user", sanitize(s.user, 256), "backend", s.backend, "bytes_in", s.bytesIn.Load(), "bytes_out", s.bytesOut.Load(),
 		"duration", time.Since(s.since).Round(time.Millisecond)}
 	s.mu.Lock()
-	closedBy := s.closedBy
+	reason, endedBy := s.closedBy, s.endedBy
 	s.mu.Unlock()
-	if closedBy != "" {
-		args = append(args, "closed_by", "gateway", "reason", closedBy)
+	if reason != "" {
+		args = append(args, "closed_by", "gateway", "reason", reason)
+	} else {
+		args = append(args, "closed_by", endedBy)
 	}
 	s.logger().Info("session ended", args...)
 	s.poolEnd()

@@ -71,6 +71,7 @@ type session struct {
 	bytesOut atomic.Int64
 	peer     net.Conn // the backend, once relaying
 	closedBy string   // why the gateway closed the relayed session (drain kick, move, kick)
+	endedBy  string   // "client" or "backend": whose side of the relay ended first
 
 	poolEnd func() // tells the backend pool the relayed session ended
 }
