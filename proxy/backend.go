@@ -68,7 +68,7 @@ var errNoBackend = errors.New("no backend server up")
 // server, the answer to them by backend.login_timeout; once they are sent,
 // the answer stands.
 func (s *session) backendLogin(ctx context.Context, c creds) loginResult {
-	bc, err := s.dialRoute(ctx, c.user)
+	bc, err := s.dialRoute(ctx, c.mailbox())
 	if err != nil {
 		return loginResult{outcome: outcomeUnavailable, err: err}
 	}
@@ -85,7 +85,8 @@ func (s *session) backendLogin(ctx context.Context, c creds) loginResult {
 
 // dialRoute tries the servers Route gives for user, in order.
 func (s *session) dialRoute(ctx context.Context, user string) (*backendConn, error) {
-	order, _ := s.srv.pool.Route(user)
+	var buf [8]*backend.Server // no allocation for up to 8 servers
+	order, _ := s.srv.pool.RouteInto(buf[:0], user)
 	if len(order) == 0 {
 		return nil, errNoBackend
 	}

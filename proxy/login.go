@@ -84,7 +84,7 @@ func (s *session) loggedIn(tag string, c creds, res loginResult, start time.Time
 		res.bc.conn.Close()
 		return false, true
 	}
-	s.startRelay(res.bc, c.user)
+	s.startRelay(res.bc, c.mailbox())
 	return true, true
 }
 
