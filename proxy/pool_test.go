@@ -349,6 +349,15 @@ func TestPoolSameServer(t *testing.T) {
 			t.Errorf("no auth line for %s", u)
 		}
 	}
+	// Every server got the client's own address (ID), not the gateway's.
+	for i, d := range e.nodes {
+		for line := range strings.Lines(d.Log()) {
+			login := strings.Contains(line, "Info: Login: user=<")
+			if login && (!strings.Contains(line, "rip=127.0.0.") || strings.Contains(line, "rip=127.0.0.1,")) {
+				t.Errorf("%s logged a login without the client's address: %s", e.names[i], line)
+			}
+		}
+	}
 	for _, name := range e.names {
 		if !strings.Contains(e.logs.String(), "outcome=ok backend="+name) {
 			t.Errorf("no auth line names backend=%s", name)
