@@ -59,11 +59,11 @@ demo:
 	$(GO) run ./cmd/imapgw demo
 
 # imapgw next to HAProxy and nginx's mail proxy, written to docs/BENCHMARKS.md
-# (about 5 minutes); then the Go micro-benchmarks of the parser and the policy.
+# (about 5 minutes); then the Go micro-benchmarks of the parser, the policy and backend routing.
 bench:
 	bash scripts/bench-deps.sh
 	$(GO) run ./bench -out docs/BENCHMARKS.md
-	$(GO) test -run='^$$' -bench=. -benchmem ./proxy/imapwire ./limiter
+	$(GO) test -run='^$$' -bench=. -benchmem ./proxy/imapwire ./limiter ./backend
 
 # 2,000 sessions (IDLE, FETCH, logins) and an attacker for 60 s; see docs/RELIABILITY.md.
 soak:

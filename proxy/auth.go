@@ -18,6 +18,16 @@ type creds struct {
 	mech     string // "LOGIN", "PLAIN" or "AUTHENTICATE LOGIN": for the log
 }
 
+// mailbox is the user whose mail the session opens, which the backend pool
+// routes by: the authorization identity when one is given (a master or admin
+// user logging in as alice works on alice's mailbox, on alice's server).
+func (c creds) mailbox() string {
+	if c.authzid != "" {
+		return c.authzid
+	}
+	return c.user
+}
+
 // notBeforeTLS refuses credentials on a STARTTLS listener before the handshake
 // (LOGINDISABLED, RFC 9051 section 6.2.3). They were exposed already; they are
 // never forwarded.

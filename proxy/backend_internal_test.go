@@ -70,3 +70,14 @@ func TestParseStatus(t *testing.T) {
 		t.Errorf("parseStatus = %+v, want %+v", st, want)
 	}
 }
+
+// TestMailboxRoutesByAuthzid: the pool routes by the mailbox's owner, the
+// authorization identity when one is given, else the user.
+func TestMailboxRoutesByAuthzid(t *testing.T) {
+	if got := (creds{user: "alice"}).mailbox(); got != "alice" {
+		t.Errorf("mailbox() = %q, want alice", got)
+	}
+	if got := (creds{authzid: "alice", user: "admin"}).mailbox(); got != "alice" {
+		t.Errorf("mailbox() with authzid alice, user admin = %q, want alice", got)
+	}
+}

@@ -39,7 +39,10 @@ type relay struct {
 // startRelay forwards what either side sent ahead, then starts the two copy
 // goroutines. They are fresh goroutines with small stacks: the session's own
 // goroutine, whose stack grew during the TLS handshake, ends here.
-func (s *session) startRelay(bc *backendConn) {
+//
+// The pool learns of the session once both sockets are known, before the relay
+// can end, so that drain -kick, move and kick can close it, and its end.
+func (s *session) startRelay(bc *backendConn, user string) {
 	ahead := s.rd.BufferedBytes()
 	backAhead, _ := bc.br.Peek(bc.br.Buffered())
 	s.rd = nil
@@ -47,6 +50,7 @@ func (s *session) startRelay(bc *backendConn) {
 	s.mu.Lock()
 	s.state, s.peer = stateRelaying, backend
 	s.mu.Unlock()
+	s.poolEnd = s.srv.pool.SessionStarted(user, bc.server, s.closeBy)
 	s.sendAhead(backend, ahead, &s.bytesIn, s.srv.m.toBackend)
 	s.sendAhead(s.conn, backAhead, &s.bytesOut, s.srv.m.toClient)
 	backend.SetDeadline(time.Time{})
@@ -59,13 +63,21 @@ func (s *session) startRelay(bc *backendConn) {
 	left.Store(2)
 	up := s.newRelay(s.conn, backend, &s.bytesIn, s.srv.m.toBackend)
 	down := s.newRelay(backend, s.conn, &s.bytesOut, s.srv.m.toClient)
-	finish := func() {
+	// The direction that ends first names who closed the session (unless the
+	// gateway did, for the pool): "backend" after a LOGOUT (the server closes
+	// first), "client" when the app drops the connection.
+	finish := func(side string) {
+		s.mu.Lock()
+		if s.endedBy == "" {
+			s.endedBy = side
+		}
+		s.mu.Unlock()
 		if left.Add(-1) == 0 {
 			s.relayEnded(backend)
 		}
 	}
-	go func() { defer finish(); up.clientToBackend() }()
-	go func() { defer finish(); down.backendToClient() }()
+	go func() { defer finish("client"); up.clientToBackend() }()
+	go func() { defer finish("backend"); down.backendToClient() }()
 }
 
 // sendAhead writes bytes read ahead during the login to dst. A failure closes
@@ -94,8 +106,18 @@ func (s *session) relayEnded(backend net.Conn) {
 	backend.Close()
 	s.conn.Close()
 	s.srv.m.sessions.WithLabelValues(stateRelaying).Dec()
-	s.logger().Info("session ended", "user", sanitize(s.user, 256), "bytes_in", s.bytesIn.Load(), "bytes_out", s.bytesOut.Load(),
-		"duration", time.Since(s.since).Round(time.Millisecond))
+	args := []any{"user", sanitize(s.user, 256), "backend", s.backend, "bytes_in", s.bytesIn.Load(), "bytes_out", s.bytesOut.Load(),
+		"duration", time.Since(s.since).Round(time.Millisecond)}
+	s.mu.Lock()
+	reason, endedBy := s.closedBy, s.endedBy
+	s.mu.Unlock()
+	if reason != "" {
+		args = append(args, "closed_by", "gateway", "reason", reason)
+	} else {
+		args = append(args, "closed_by", endedBy)
+	}
+	s.logger().Info("session ended", args...)
+	s.poolEnd()
 	s.end()
 }
 

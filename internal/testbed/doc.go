@@ -1,5 +1,7 @@
 // Package testbed starts real components for tests: the Debian Dovecot as an IMAP
-// backend, an imitation of Exchange 2016/2019's IMAP4 service (written from public
+// backend (one, or several sharing one mail root like a cluster on shared
+// storage, whose logs tell who logged in where), a server that accepts and never
+// greets, an imitation of Exchange 2016/2019's IMAP4 service (written from public
 // transcripts: no Exchange runs on Linux), a throwaway certificate authority with
 // leaf certificates, and helpers to check that the binaries a test needs are installed.
 //
