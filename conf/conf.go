@@ -72,13 +72,26 @@ type ACME struct {
 
 // Backend describes the IMAP servers behind the gateway.
 type Backend struct {
-	Servers        []string `toml:"servers"`         // default ["127.0.0.1:143"]; the first is used
-	TLS            string   `toml:"tls"`             // "none" (default), "implicit" or "starttls"
-	TLSServerName  string   `toml:"tls_server_name"` // default: the host part of the server address
-	TLSCAFile      string   `toml:"tls_ca_file"`     // default: system roots
-	TLSSkipVerify  bool     `toml:"tls_skip_verify"` // default false
-	ClientIP       string   `toml:"client_ip"`       // "id" (default), "proxy-v2", "proxy-v1" or "none"
-	ConnectTimeout Duration `toml:"connect_timeout"` // default 5s: dial, TLS, greeting and pre-login commands (CAPABILITY, STARTTLS)
+	// Servers is the short form: each "host:port" is a server of weight 100 named
+	// by its address. Default ["127.0.0.1:143"]; cleared when [[backend.server]]
+	// tables are given (a file may not set both).
+	Servers []string `toml:"servers"`
+	// Server is the long form, [[backend.server]] tables; their empty keys take
+	// the [backend] values below (tls, tls_server_name, client_ip, …).
+	Server         []BackendServer `toml:"server"`
+	Route          string          `toml:"route"`           // "user" (default): weighted rendezvous hash of the lower-cased user; "first": the first healthy server in order
+	Affinity       Duration        `toml:"affinity"`        // default 15m: a user stays on its server this long after its last session ends (0: only while sessions are open)
+	CheckInterval  Duration        `toml:"check_interval"`  // default 5s between health checks of each server
+	CheckTimeout   Duration        `toml:"check_timeout"`   // default 3s: one health check, dial to LOGOUT
+	Fall           int             `toml:"fall"`            // default 2 consecutive failed checks (or data-path dial failures) mark a server down
+	Rise           int             `toml:"rise"`            // default 2 consecutive good checks mark it up again
+	MapFile        string          `toml:"map_file"`        // default "": no map; lines "user@dom server" or "@dom server" win over hashing
+	TLS            string          `toml:"tls"`             // "none" (default), "implicit" or "starttls"
+	TLSServerName  string          `toml:"tls_server_name"` // default: the host part of the server address
+	TLSCAFile      string          `toml:"tls_ca_file"`     // default: system roots
+	TLSSkipVerify  bool            `toml:"tls_skip_verify"` // default false
+	ClientIP       string          `toml:"client_ip"`       // "id" (default), "proxy-v2", "proxy-v1" or "none"
+	ConnectTimeout Duration        `toml:"connect_timeout"` // default 5s: dial, TLS, greeting and pre-login commands (CAPABILITY, STARTTLS)
 	// LoginTimeout, default 30s, bounds the wait for the backend's answer once the
 	// credentials are sent (continuations included; an ID carrying the client's
 	// address goes in the same write, so its answer too). Dovecot answers a failed login
@@ -86,6 +99,28 @@ type Backend struct {
 	// so it must stay above 17s or attackers' failures look like outages (issue 10).
 	LoginTimeout Duration `toml:"login_timeout"`
 }
+
+// BackendServer is one [[backend.server]] table. Empty strings (and an absent
+// tls_skip_verify) take the [backend] value.
+type BackendServer struct {
+	Name          string `toml:"name"`            // required, unique; used by the admin API, the CLI and the map file
+	Address       string `toml:"address"`         // required, host:port
+	Weight        int    `toml:"weight"`          // default 100; share of users relative to the others
+	TLS           string `toml:"tls"`             // default backend.tls
+	TLSServerName string `toml:"tls_server_name"` // default backend.tls_server_name, else the host of address
+	TLSCAFile     string `toml:"tls_ca_file"`     // default backend.tls_ca_file
+	TLSSkipVerify *bool  `toml:"tls_skip_verify"` // default backend.tls_skip_verify
+	ClientIP      string `toml:"client_ip"`       // default backend.client_ip
+}
+
+// DefaultWeight is a server's weight when none is given (and every short-form server's).
+const DefaultWeight = 100
+
+// Backend routes.
+const (
+	RouteUser  = "user"
+	RouteFirst = "first"
+)
 
 // How the client's address is passed to the backend.
 const (
@@ -186,6 +221,12 @@ func Default() *Config {
 			ClientIP:       ClientIPID,
 			ConnectTimeout: D(5 * time.Second),
 			LoginTimeout:   D(30 * time.Second),
+			Route:          RouteUser,
+			Affinity:       D(15 * time.Minute),
+			CheckInterval:  D(5 * time.Second),
+			CheckTimeout:   D(3 * time.Second),
+			Fall:           2,
+			Rise:           2,
 		},
 		Limits: Limits{
 			PreauthTimeout:               D(30 * time.Second),

@@ -90,6 +90,7 @@ func Parse(name string, data []byte) (*Config, error) {
 			c.Listen[i].TLS = defaultListen().TLS
 		}
 	}
+	c.Backend.fillServers(lines)
 	v := validator{file: name, lines: lines}
 	v.config(c)
 	errs = append(errs, v.errs...)
@@ -185,6 +186,24 @@ func join(table, key string) string {
 		return key
 	}
 	return table + "." + key
+}
+
+// fillServers applies the long form's defaults: an absent weight is
+// DefaultWeight, and [[backend.server]] tables replace the default short form
+// (a file setting both is refused by the validator).
+func (b *Backend) fillServers(lines lineIndex) {
+	for i := range b.Server {
+		if b.Server[i].Weight == 0 && lines.find(serverKey(i, "weight")) == 0 {
+			b.Server[i].Weight = DefaultWeight
+		}
+	}
+	if len(b.Server) > 0 && lines.find("backend.servers") == 0 {
+		b.Servers = nil
+	}
+}
+
+func serverKey(i int, key string) string {
+	return "backend.server[" + strconv.Itoa(i+1) + "]." + key
 }
 
 func listenKey(i int, key string) string { return "listen[" + strconv.Itoa(i+1) + "]." + key }

@@ -136,12 +136,7 @@ func (v *validator) acme(a *ACME) {
 }
 
 func (v *validator) backend(b *Backend) {
-	if len(b.Servers) == 0 {
-		v.fail("backend.servers", "at least one server is required")
-	}
-	for _, s := range b.Servers {
-		v.hostPort("backend.servers", s)
-	}
+	v.backendServers(b)
 	v.oneOf("backend.tls", b.TLS, TLSNone, TLSImplicit, TLSStartTLS)
 	v.oneOf("backend.client_ip", b.ClientIP, ClientIPID, ClientIPProxyV2, ClientIPProxyV1, ClientIPNone)
 	v.positiveDuration("backend.connect_timeout", b.ConnectTimeout)
@@ -149,7 +144,7 @@ func (v *validator) backend(b *Backend) {
 	if b.TLSSkipVerify && b.TLSCAFile != "" {
 		v.fail("backend.tls_skip_verify", "contradicts backend.tls_ca_file: verify with the CA, or skip verification, not both")
 	}
-	if b.TLS == TLSNone && (b.TLSCAFile != "" || b.TLSServerName != "" || b.TLSSkipVerify) {
+	if b.TLS == TLSNone && !b.anyServerTLS() && (b.TLSCAFile != "" || b.TLSServerName != "" || b.TLSSkipVerify) {
 		v.fail("backend.tls", `is "none", yet backend TLS settings are given`)
 	}
 }

@@ -1,0 +1,36 @@
+package backend
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	up        *prometheus.GaugeVec   // backend
+	sessions  *prometheus.GaugeVec   // backend
+	logins    *prometheus.CounterVec // backend, outcome
+	check     *prometheus.HistogramVec
+	failovers prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		up: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "imapgw_backend_up", Help: "1 when the backend server passes its health checks, 0 when it is down.",
+		}, []string{"backend"}),
+		sessions: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "imapgw_backend_sessions", Help: "Relayed sessions open on each backend server.",
+		}, []string{"backend"}),
+		logins: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "imapgw_backend_logins_total", Help: "Logins by backend server and outcome (ok, failed, rejected, error, timeout).",
+		}, []string{"backend", "outcome"}),
+		check: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "imapgw_backend_check_duration_seconds", Help: "Time of one health check: dial, greeting, STARTTLS, LOGOUT.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 4, 8),
+		}, []string{"backend"}),
+		failovers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "imapgw_backend_failovers_total", Help: "Logins that went on to the next server after a failed dial or greeting.",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.up, m.sessions, m.logins, m.check, m.failovers)
+	}
+	return m
+}

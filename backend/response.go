@@ -1,0 +1,198 @@
+package backend
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+)
+
+// Bounds on what the gateway reads from the backend while it logs in. The
+// backend is trusted to speak IMAP, not to be small or honest: with
+// backend.tls = "none" anyone on the path can answer in its place, and every
+// login in flight holds what it has read (issue 11.3).
+const (
+	// maxReplyBytes bounds everything read in answer to one command (the
+	// greeting, STARTTLS, CAPABILITY or the login), untagged responses and
+	// literals included, and so the bytes one login keeps to forward. The
+	// longest real answers are a CAPABILITY or ID response of well under
+	// 1 KB; 64 KB leaves room for any server and keeps a thousand logins in
+	// flight under 64 MB.
+	maxReplyBytes = 64 << 10
+	// maxReplyLines bounds the responses read in answer to one command. A
+	// real server sends at most a handful of untagged responses (CAPABILITY,
+	// ID, an ALERT) before its tagged reply; without a bound a backend could
+	// keep a login reading blank or untagged lines until its deadline.
+	maxReplyLines = 64
+)
+
+var (
+	errResponseTooLong  = fmt.Errorf("backend response too long (over %d bytes)", maxReplyBytes)
+	errTooManyResponses = fmt.Errorf("backend sent too many responses (over %d)", maxReplyLines)
+)
+
+// replyReader reads the responses to one command, up to and including its
+// tagged reply, within maxReplyBytes and maxReplyLines in all.
+type replyReader struct {
+	br    *bufio.Reader
+	bytes int // bytes left
+	lines int // responses left
+}
+
+func newReplyReader(br *bufio.Reader) *replyReader {
+	return &replyReader{br: br, bytes: maxReplyBytes, lines: maxReplyLines}
+}
+
+// next reads one response, with any literals it carries inlined, without the
+// final CRLF.
+func (r *replyReader) next() (string, error) {
+	if r.lines <= 0 {
+		return "", errTooManyResponses
+	}
+	r.lines--
+	s, n, err := readResponse(r.br, r.bytes)
+	r.bytes -= n
+	return s, err
+}
+
+// readOneResponse reads a single response, such as the greeting.
+func readOneResponse(br *bufio.Reader) (string, error) {
+	return newReplyReader(br).next()
+}
+
+// readResponse reads one response line with its literals inlined, without the
+// final CRLF, taking at most max bytes (CRLFs included) from br. It returns
+// how many bytes it took. Sizes are compared as "n > room", never as a sum,
+// so that no literal size can overflow the check.
+func readResponse(br *bufio.Reader, max int) (string, int, error) {
+	var sb strings.Builder
+	read := 0
+	for {
+		start := sb.Len() // where the text after the last literal starts
+		for {
+			frag, err := br.ReadSlice('\n')
+			read += len(frag)
+			if read > max {
+				return "", read, errResponseTooLong
+			}
+			if errors.Is(err, bufio.ErrBufferFull) {
+				sb.Write(frag)
+				continue
+			}
+			if err != nil {
+				return "", read, err
+			}
+			sb.Write(trimCRLF(frag))
+			break
+		}
+		// The whole line since the last literal, not only its last fragment:
+		// a "{n}" split across fragments is still a literal.
+		n, err := literalSize(sb.String()[start:], max-read)
+		if err != nil {
+			return "", read, err
+		}
+		if n < 0 {
+			return sb.String(), read, nil
+		}
+		sb.WriteString("\r\n")
+		got, err := io.CopyN(&sb, br, int64(n))
+		read += int(got)
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF // the backend closed inside a literal
+		}
+		if err != nil {
+			return "", read, err
+		}
+	}
+}
+
+func trimCRLF(b []byte) []byte {
+	b = b[:len(b)-1]
+	if n := len(b); n > 0 && b[n-1] == '\r' {
+		b = b[:n-1]
+	}
+	return b
+}
+
+// literalSize finds RFC 9051's literal announcement, "{" number ["+"] "}", at
+// the end of line and returns its size, or -1 when the line announces none.
+// A size over room (at most maxReplyBytes) is errResponseTooLong, found while
+// parsing the digits so that no number of digits can overflow.
+func literalSize(line string, room int) (int, error) {
+	if !strings.HasSuffix(line, "}") {
+		return -1, nil
+	}
+	i := strings.LastIndexByte(line, '{')
+	if i < 0 {
+		return -1, nil
+	}
+	digits := strings.TrimSuffix(line[i+1:len(line)-1], "+")
+	if digits == "" {
+		return -1, nil
+	}
+	n := 0
+	for j := 0; j < len(digits); j++ {
+		c := digits[j]
+		if c < '0' || c > '9' {
+			return -1, nil
+		}
+		// n <= room <= maxReplyBytes before this step, so it cannot overflow.
+		n = n*10 + int(c-'0')
+		if n > room {
+			return 0, errResponseTooLong
+		}
+	}
+	return n, nil
+}
+
+// status is a parsed status response: "tag OK [CODE args] text".
+type status struct {
+	tag  string // "*" for untagged, "+" for a continuation request
+	kind string // OK, NO, BAD, BYE, PREAUTH, or the untagged response name
+	code string // the response code's name, upper-cased, without brackets
+	args string // the response code's arguments
+	text string
+}
+
+func parseStatus(line string) status {
+	var st status
+	st.tag, line, _ = strings.Cut(line, " ")
+	if st.tag == "+" {
+		st.text = line
+		return st
+	}
+	st.kind, line, _ = strings.Cut(line, " ")
+	st.kind = strings.ToUpper(st.kind)
+	if strings.HasPrefix(line, "[") {
+		if end := strings.IndexByte(line, ']'); end > 0 {
+			code := line[1:end]
+			st.code, st.args, _ = strings.Cut(code, " ")
+			st.code = strings.ToUpper(st.code)
+			line = strings.TrimPrefix(line[end+1:], " ")
+		}
+	}
+	st.text = line
+	return st
+}
+
+func (st status) String() string {
+	if st.code != "" {
+		return fmt.Sprintf("%s [%s] %s", st.kind, st.code, st.text)
+	}
+	return st.kind + " " + st.text
+}
+
+// sanitize makes text from a peer safe to log or to repeat to the client: no
+// control characters and a bounded length.
+func sanitize(s string, max int) string {
+	if len(s) > max {
+		s = s[:max]
+	}
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return '?'
+		}
+		return r
+	}, s)
+}
