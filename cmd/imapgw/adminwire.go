@@ -46,6 +46,7 @@ func (g *gateway) newAdmin(a conf.Admin) (*admin.Server, error) {
 		Gatherer: g.reg,
 		Bans:     g.lim,
 		Sessions: admin.SessionsFunc(g.sessions),
+		Backends: poolAdmin{g.pool},
 		Certs:    g.certs.Certificates,
 		Ready:    g.certs.Ready,
 		Draining: g.draining.Load,
