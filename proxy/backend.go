@@ -3,71 +3,32 @@ package proxy
 import (
 	"bufio"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"os"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/imapgw/imapgw/backend"
 	"github.com/imapgw/imapgw/conf"
-	proxyproto "github.com/pires/go-proxyproto"
 )
 
-// backendSettings is what every login needs from [backend], prepared once per
-// configuration (the CA file is read at load, not at every login).
-type backendSettings struct {
-	addr     string
-	mode     string // conf.TLSNone, TLSImplicit, TLSStartTLS
-	tls      *tls.Config
-	clientIP string
-	timeout  time.Duration // connect_timeout: dial, greeting, pre-login commands
-	login    time.Duration // login_timeout: the reply to the credentials
-}
-
-func newBackendSettings(b conf.Backend) (*backendSettings, error) {
-	bs := &backendSettings{addr: b.Servers[0], mode: b.TLS, clientIP: b.ClientIP,
-		timeout: b.ConnectTimeout.Duration, login: b.LoginTimeout.Duration}
-	if b.TLS == conf.TLSNone {
-		return bs, nil
-	}
-	host, _, _ := net.SplitHostPort(bs.addr)
-	bs.tls = &tls.Config{ServerName: host, InsecureSkipVerify: b.TLSSkipVerify, MinVersion: tls.VersionTLS12}
-	if b.TLSServerName != "" {
-		bs.tls.ServerName = b.TLSServerName
-	}
-	if b.TLSCAFile != "" {
-		pem, err := os.ReadFile(b.TLSCAFile)
-		if err != nil {
-			return nil, fmt.Errorf("backend.tls_ca_file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("backend.tls_ca_file %s: no PEM certificates", b.TLSCAFile)
-		}
-		bs.tls.RootCAs = pool
-	} else if !b.TLSSkipVerify {
-		// Load the system roots now: parsing them can take seconds, which the
-		// first login must not pay inside connect_timeout.
-		pool, err := x509.SystemCertPool()
-		if err != nil {
-			return nil, fmt.Errorf("loading system roots for the backend: %w", err)
-		}
-		bs.tls.RootCAs = pool
-	}
-	return bs, nil
-}
-
-// backendConn is a backend connection during login.
+// backendConn is a backend connection during login: what backend.Dial
+// returned (greeted, TLS and PROXY header done), and the server it belongs to.
 type backendConn struct {
-	conn net.Conn
-	br   *bufio.Reader
-	caps []string
+	conn   net.Conn
+	br     *bufio.Reader
+	caps   []string
+	server *backend.Server
+}
+
+func newBackendConn(c *backend.Conn, srv *backend.Server) *backendConn {
+	// c.Conn, not c: the relay looks through *tls.Conn to the socket to wait
+	// for data without holding a buffer.
+	return &backendConn{conn: c.Conn, br: c.R, caps: c.Caps, server: srv}
 }
 
 // Login outcomes, also the imapgw_logins_total label values.
@@ -87,6 +48,7 @@ type loginResult struct {
 	untagged []string // other untagged responses, forwarded before the OK
 	err      error    // why, for the log (outcomeUnavailable)
 	bc       *backendConn
+	server   *backend.Server // the server that answered; nil when none could be dialed
 }
 
 // errBackend marks an answer from the backend that makes no sense here.
@@ -96,15 +58,23 @@ var errBackend = errors.New("unexpected backend response")
 // did not answer within login_timeout.
 var errLoginTimeout = errors.New("login reply timeout")
 
-// backendLogin dials the backend, passes the client's address on and replays the
-// credentials. Every step up to the credentials is bounded by
-// backend.connect_timeout, the answer to them by backend.login_timeout.
-func (s *session) backendLogin(ctx context.Context, bs *backendSettings, c creds) loginResult {
-	bc, err := s.dialBackend(ctx, bs)
+// errNoBackend is the reason logged when no server is up.
+var errNoBackend = errors.New("no backend server up")
+
+// backendLogin dials the user's server, or the next in the pool's order when
+// one refuses or never greets (the credentials have not been sent: the pool
+// gets a strike and the login goes on), then replays the credentials once.
+// Every step up to the credentials is bounded by backend.connect_timeout per
+// server, the answer to them by backend.login_timeout; once they are sent,
+// the answer stands.
+func (s *session) backendLogin(ctx context.Context, c creds) loginResult {
+	bc, err := s.dialRoute(ctx, c.user)
 	if err != nil {
 		return loginResult{outcome: outcomeUnavailable, err: err}
 	}
-	res := s.replayLogin(bs, bc, c)
+	res := s.replayLogin(bc, c)
+	res.server = bc.server
+	s.srv.pool.CountLogin(bc.server, res.outcome)
 	if res.outcome != outcomeOK {
 		bc.conn.Close()
 		return res
@@ -113,95 +83,31 @@ func (s *session) backendLogin(ctx context.Context, bs *backendSettings, c creds
 	return res
 }
 
-func (s *session) dialBackend(ctx context.Context, bs *backendSettings) (*backendConn, error) {
-	start := time.Now()
-	ctx, cancel := context.WithTimeout(ctx, bs.timeout)
-	defer cancel()
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", bs.addr)
-	if err != nil {
-		return nil, fmt.Errorf("dialing backend: %w", err)
+// dialRoute tries the servers Route gives for user, in order.
+func (s *session) dialRoute(ctx context.Context, user string) (*backendConn, error) {
+	order, _ := s.srv.pool.Route(user)
+	if len(order) == 0 {
+		return nil, errNoBackend
 	}
-	s.srv.m.dial.Observe(time.Since(start).Seconds())
-	conn.SetDeadline(time.Now().Add(bs.timeout))
-	bc, err := s.openBackend(ctx, bs, conn)
-	if err != nil {
-		conn.Close()
-		return nil, err
-	}
-	return bc, nil
-}
-
-func (s *session) openBackend(ctx context.Context, bs *backendSettings, conn net.Conn) (*backendConn, error) {
-	if err := s.sendProxyHeader(bs, conn); err != nil {
-		return nil, err
-	}
-	if bs.mode == conf.TLSImplicit {
-		tc := tls.Client(conn, bs.tls)
-		if err := tc.HandshakeContext(ctx); err != nil {
-			return nil, fmt.Errorf("backend TLS: %w", err)
+	var errs []error
+	local := addrPort(s.raw.LocalAddr())
+	for i, srv := range order {
+		s.setBackend(srv.Name)
+		c, err := srv.DialFrom(ctx, s.client, local)
+		if err == nil {
+			s.srv.m.dial.Observe(c.Connected.Seconds())
+			if i > 0 {
+				s.srv.pool.CountFailover(user, order[i-1], srv)
+			}
+			return newBackendConn(c, srv), nil
 		}
-		conn = tc
-	}
-	bc := &backendConn{conn: conn, br: bufio.NewReaderSize(conn, 4096)}
-	if err := bc.greeting(); err != nil {
-		return nil, err
-	}
-	if bs.mode == conf.TLSStartTLS {
-		if err := bc.startTLS(ctx, bs.tls); err != nil {
-			return nil, err
+		s.srv.pool.DialFailed(srv, err)
+		errs = append(errs, err)
+		if ctx.Err() != nil {
+			break
 		}
 	}
-	if bc.caps == nil {
-		if err := bc.capability(); err != nil {
-			return nil, err
-		}
-	}
-	return bc, nil
-}
-
-func (s *session) sendProxyHeader(bs *backendSettings, conn net.Conn) error {
-	var v byte
-	switch bs.clientIP {
-	case conf.ClientIPProxyV1:
-		v = 1
-	case conf.ClientIPProxyV2:
-		v = 2
-	default:
-		return nil
-	}
-	h := proxyproto.HeaderProxyFromAddrs(v, net.TCPAddrFromAddrPort(s.client), s.localAddr())
-	if _, err := h.WriteTo(conn); err != nil {
-		return fmt.Errorf("writing PROXY header: %w", err)
-	}
-	return nil
-}
-
-func (s *session) localAddr() *net.TCPAddr {
-	ap := addrPort(s.raw.LocalAddr())
-	if s.client.Addr().Is4() != ap.Addr().Is4() {
-		// PROXY headers need one family; an IPv6 listener may serve IPv4 clients.
-		ap = netip.AddrPortFrom(netip.IPv6Unspecified(), ap.Port())
-		if s.client.Addr().Is4() {
-			ap = netip.AddrPortFrom(netip.IPv4Unspecified(), ap.Port())
-		}
-	}
-	return net.TCPAddrFromAddrPort(ap)
-}
-
-func (bc *backendConn) greeting() error {
-	line, err := readOneResponse(bc.br)
-	if err != nil {
-		return fmt.Errorf("reading backend greeting: %w", err)
-	}
-	st := parseStatus(line)
-	if st.tag != "*" || st.kind != "OK" {
-		return fmt.Errorf("%w: greeting %q", errBackend, sanitize(line, 120))
-	}
-	if st.code == "CAPABILITY" {
-		bc.caps = strings.Fields(st.args)
-	}
-	return nil
+	return nil, errors.Join(errs...)
 }
 
 // command sends a command with no literals and waits for its tagged reply,
@@ -239,21 +145,6 @@ func (bc *backendConn) capability() error {
 	return err
 }
 
-func (bc *backendConn) startTLS(ctx context.Context, cfg *tls.Config) error {
-	if _, err := bc.command("gws", "STARTTLS"); err != nil {
-		return err
-	}
-	if bc.br.Buffered() > 0 {
-		return fmt.Errorf("%w: data after STARTTLS", errBackend)
-	}
-	tc := tls.Client(bc.conn, cfg)
-	if err := tc.HandshakeContext(ctx); err != nil {
-		return fmt.Errorf("backend TLS: %w", err)
-	}
-	bc.conn, bc.br, bc.caps = tc, bufio.NewReaderSize(tc, 4096), nil
-	return nil
-}
-
 func (bc *backendConn) has(capability string) bool {
 	for _, c := range bc.caps {
 		if strings.EqualFold(c, capability) {
@@ -265,12 +156,12 @@ func (bc *backendConn) has(capability string) bool {
 
 // replayLogin sends ID (when configured) and the login in one write, then reads
 // the replies, answering continuation requests with the next chunk.
-func (s *session) replayLogin(bs *backendSettings, bc *backendConn, c creds) loginResult {
+func (s *session) replayLogin(bc *backendConn, c creds) loginResult {
 	chunks, err := bc.loginChunks(c)
 	if err != nil {
 		return loginResult{outcome: outcomeUnavailable, err: err}
 	}
-	if bs.clientIP == conf.ClientIPID {
+	if bc.server.ClientIP == conf.ClientIPID {
 		if bc.has("ID") {
 			chunks[0] = s.idCommand() + chunks[0]
 		} else {
@@ -280,7 +171,7 @@ func (s *session) replayLogin(bs *backendSettings, bc *backendConn, c creds) log
 	// Dovecot answers a failed login only after its auth penalty for the client's
 	// address (up to 15 s) plus auth_failure_delay: connect_timeout would turn an
 	// attacker's failures into backend errors the policy never counts (issue 10).
-	bc.conn.SetDeadline(time.Now().Add(bs.login))
+	bc.conn.SetDeadline(time.Now().Add(bc.server.LoginTimeout))
 	if _, err := bc.conn.Write([]byte(chunks[0])); err != nil {
 		return loginResult{outcome: outcomeUnavailable, err: fmt.Errorf("writing login: %w", err)}
 	}

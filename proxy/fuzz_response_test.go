@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"net"
 	"reflect"
 	"strings"
@@ -187,4 +188,22 @@ func (c *recordConn) Write(p []byte) (int, error) {
 		c.b.Write(p)
 	}
 	return len(p), nil
+}
+
+// greeting reads the greeting as backend.Dial does (the dialer moved to package
+// backend; FuzzResponse keeps feeding the whole login's replies through one
+// reader, so it reads the greeting here the same way).
+func (bc *backendConn) greeting() error {
+	line, err := readOneResponse(bc.br)
+	if err != nil {
+		return fmt.Errorf("reading backend greeting: %w", err)
+	}
+	st := parseStatus(line)
+	if st.tag != "*" || st.kind != "OK" {
+		return fmt.Errorf("%w: greeting %q", errBackend, sanitize(line, 120))
+	}
+	if st.code == "CAPABILITY" {
+		bc.caps = strings.Fields(st.args)
+	}
+	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imapgw/imapgw/backend"
 	"github.com/imapgw/imapgw/conf"
 	"github.com/imapgw/imapgw/internal/demo"
 	"github.com/imapgw/imapgw/internal/testbed"
@@ -31,6 +32,7 @@ type gateway struct {
 	ca       *testbed.CA
 	logs     *testbed.LogBuffer
 	reg      *prometheus.Registry // the gateway's metrics
+	pool     *backend.Pool        // its backend servers; health checks run only after runChecks
 }
 
 type staticCerts struct{ conf *tls.Config }
@@ -53,9 +55,9 @@ func testConfig(backend string) *conf.Config {
 }
 
 // startGateway runs a gateway in front of backend; edit may change the config.
-func startGateway(t *testing.T, backend string, edit func(*conf.Config)) *gateway {
+func startGateway(t *testing.T, server string, edit func(*conf.Config)) *gateway {
 	t.Helper()
-	cfg := testConfig(backend)
+	cfg := testConfig(server)
 	if edit != nil {
 		edit(cfg)
 	}
@@ -68,7 +70,12 @@ func startGateway(t *testing.T, backend string, edit func(*conf.Config)) *gatewa
 	g.lim = lim
 	leaf := g.ca.Leaf(t, "localhost", "127.0.0.1", "127.0.0.2")
 	certs := staticCerts{&tls.Config{Certificates: []tls.Certificate{leaf}, NextProtos: []string{"imap"}}}
-	srv, err := proxy.New(cfg, proxy.Options{Policy: lim, Certs: certs, Logger: log, Registerer: g.reg})
+	pool, err := backend.New(cfg.Backend, backend.Options{Logger: log, Registerer: g.reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.pool = pool
+	srv, err := proxy.New(cfg, proxy.Options{Policy: lim, Certs: certs, Logger: log, Registerer: g.reg, Backends: pool})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,6 +100,15 @@ func startGateway(t *testing.T, backend string, edit func(*conf.Config)) *gatewa
 		}
 	})
 	return g
+}
+
+// runChecks runs the pool's health checks until the test ends. Tests of one
+// server leave them off: a check's connection must not count as a client's.
+func (g *gateway) runChecks(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); g.pool.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
 }
 
 func (g *gateway) clientTLS() *tls.Config {

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/imapgw/imapgw/backend"
 	"github.com/imapgw/imapgw/limiter"
 )
 
@@ -27,22 +28,21 @@ func (s *session) tryLogin(tag string, c creds) (relaying, done bool) {
 	// Every outcome ends the reservation: Failed and Succeeded below, Done for
 	// the rest (backend error, other codes, client gone, shutdown, panic).
 	defer att.Done()
-	bs := s.srv.backend.Load()
-	s.setBackend(bs.addr)
-	res := s.backendLogin(s.srv.ctx, bs, c)
+	res := s.backendLogin(s.srv.ctx, c)
+	server := serverName(res.server)
 	switch res.outcome {
 	case outcomeOK:
 		if err := att.Succeeded(); err != nil { // banned while in flight
 			res.bc.conn.Close()
 			// Rare and telling (the attacker may hold the password): never summarised.
-			s.logAuth(c, bs.addr, outcomeRefused, err.Error()+"; the backend accepted the login, closed unused", start)
+			s.logAuth(c, server, outcomeRefused, err.Error()+"; the backend accepted the login, closed unused", start)
 			return false, s.refuse(tag, err)
 		}
-		return s.loggedIn(tag, c, bs, res, start)
+		return s.loggedIn(tag, c, res, start)
 	case outcomeFailed:
-		return false, s.loginFailed(tag, c, bs, res, att, start)
+		return false, s.loginFailed(tag, c, server, res, att, start)
 	case outcomeRejected:
-		s.logAuth(c, bs.addr, res.outcome, res.st.String(), start)
+		s.logAuth(c, server, res.outcome, res.st.String(), start)
 		s.writef("%s NO [%s] %s\r\n", tag, sanitize(res.st.code, 40), sanitize(res.st.text, 200))
 	default:
 		outcome, reason := outcomeUnavailable, "backend error"
@@ -54,13 +54,21 @@ func (s *session) tryLogin(tag string, c creds) (relaying, done bool) {
 		if res.err != nil {
 			reason = res.err.Error()
 		}
-		s.logAuth(c, bs.addr, outcome, reason, start)
+		s.logAuth(c, server, outcome, reason, start)
 		s.writef("%s NO [UNAVAILABLE] Mail server unavailable; try again later\r\n", tag)
 	}
 	return false, false
 }
 
-func (s *session) loggedIn(tag string, c creds, bs *backendSettings, res loginResult, start time.Time) (bool, bool) {
+// serverName names the server in the auth line; empty when none was dialed.
+func serverName(srv *backend.Server) string {
+	if srv == nil {
+		return ""
+	}
+	return srv.Name
+}
+
+func (s *session) loggedIn(tag string, c creds, res loginResult, start time.Time) (bool, bool) {
 	caps := res.bc.postLoginCaps(&res)
 	var out strings.Builder
 	for _, u := range res.untagged {
@@ -71,24 +79,24 @@ func (s *session) loggedIn(tag string, c creds, bs *backendSettings, res loginRe
 	} else {
 		out.WriteString(tag + " OK Logged in\r\n")
 	}
-	s.logAuth(c, bs.addr, outcomeOK, "", start)
+	s.logAuth(c, res.server.Name, outcomeOK, "", start)
 	if err := s.write(out.String()); err != nil {
 		res.bc.conn.Close()
 		return false, true
 	}
-	s.startRelay(res.bc)
+	s.startRelay(res.bc, c.user)
 	return true, true
 }
 
 // loginFailed answers a failed login after the policy's delay. It reports
 // whether the session is over (too many failures, or the source is now banned).
-func (s *session) loginFailed(tag string, c creds, bs *backendSettings, res loginResult, att *limiter.Attempt, start time.Time) bool {
+func (s *session) loginFailed(tag string, c creds, server string, res loginResult, att *limiter.Attempt, start time.Time) bool {
 	v := att.Failed(c.password)
 	reason := res.st.String()
 	if v.Banned {
 		reason += "; source banned: " + v.Reason
 	}
-	s.logAuth(c, bs.addr, outcomeFailed, reason, start)
+	s.logAuth(c, server, outcomeFailed, reason, start)
 	if !s.sleep(v.Delay) {
 		s.bye("Server shutting down")
 		return true

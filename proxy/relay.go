@@ -39,7 +39,10 @@ type relay struct {
 // startRelay forwards what either side sent ahead, then starts the two copy
 // goroutines. They are fresh goroutines with small stacks: the session's own
 // goroutine, whose stack grew during the TLS handshake, ends here.
-func (s *session) startRelay(bc *backendConn) {
+//
+// The pool learns of the session once both sockets are known, before the relay
+// can end, so that drain -kick, move and kick can close it, and its end.
+func (s *session) startRelay(bc *backendConn, user string) {
 	ahead := s.rd.BufferedBytes()
 	backAhead, _ := bc.br.Peek(bc.br.Buffered())
 	s.rd = nil
@@ -47,6 +50,7 @@ func (s *session) startRelay(bc *backendConn) {
 	s.mu.Lock()
 	s.state, s.peer = stateRelaying, backend
 	s.mu.Unlock()
+	s.poolEnd = s.srv.pool.SessionStarted(user, bc.server, s.closeBy)
 	s.sendAhead(backend, ahead, &s.bytesIn, s.srv.m.toBackend)
 	s.sendAhead(s.conn, backAhead, &s.bytesOut, s.srv.m.toClient)
 	backend.SetDeadline(time.Time{})
@@ -94,8 +98,16 @@ func (s *session) relayEnded(backend net.Conn) {
 	backend.Close()
 	s.conn.Close()
 	s.srv.m.sessions.WithLabelValues(stateRelaying).Dec()
-	s.logger().Info("session ended", "user", sanitize(s.user, 256), "bytes_in", s.bytesIn.Load(), "bytes_out", s.bytesOut.Load(),
-		"duration", time.Since(s.since).Round(time.Millisecond))
+	args := []any{"user", sanitize(s.user, 256), "backend", s.backend, "bytes_in", s.bytesIn.Load(), "bytes_out", s.bytesOut.Load(),
+		"duration", time.Since(s.since).Round(time.Millisecond)}
+	s.mu.Lock()
+	closedBy := s.closedBy
+	s.mu.Unlock()
+	if closedBy != "" {
+		args = append(args, "closed_by", "gateway", "reason", closedBy)
+	}
+	s.logger().Info("session ended", args...)
+	s.poolEnd()
 	s.end()
 }
 

@@ -21,6 +21,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/imapgw/imapgw/backend"
 	"github.com/imapgw/imapgw/conf"
 	"github.com/imapgw/imapgw/limiter"
 	"github.com/prometheus/client_golang/prometheus"
@@ -50,12 +51,18 @@ type Options struct {
 	Certs      Certs                 // required
 	Logger     *slog.Logger          // default slog.Default()
 	Registerer prometheus.Registerer // nil: metrics are counted but not registered
+	// Backends routes each login to a server, dials it and tracks sessions;
+	// its owner runs its health checks and reloads it. Nil: the server builds
+	// one from cfg.Backend itself (no health checks, only strikes from failed
+	// dials) and reloads it in Update.
+	Backends *backend.Pool
 }
 
 // Server runs the listeners of one configuration and the sessions they accept.
 type Server struct {
 	cfg     atomic.Pointer[conf.Config]
-	backend atomic.Pointer[backendSettings]
+	pool    *backend.Pool
+	ownPool bool // built here from cfg.Backend: Update reloads it
 	policy  Policy
 	tlsConf *tls.Config
 	log     *slog.Logger
@@ -91,11 +98,14 @@ func New(cfg *conf.Config, o Options) (*Server, error) {
 		listeners: map[string]*listener{},
 		sessions:  map[*session]struct{}{},
 	}
-	bs, err := newBackendSettings(cfg.Backend)
-	if err != nil {
-		return nil, err
+	s.pool = o.Backends
+	if s.pool == nil {
+		p, err := backend.New(cfg.Backend, backend.Options{Logger: o.Logger})
+		if err != nil {
+			return nil, err
+		}
+		s.pool, s.ownPool = p, true
 	}
-	s.backend.Store(bs)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.cfg.Store(cfg)
 	return s, nil
@@ -118,14 +128,14 @@ func (s *Server) Start() error {
 // Update applies a reloaded configuration: new sessions use it, listeners are
 // added and removed; established sessions are untouched.
 func (s *Server) Update(cfg *conf.Config) error {
-	bs, err := newBackendSettings(cfg.Backend)
-	if err != nil {
-		return err
+	if s.ownPool {
+		if err := s.pool.Reload(cfg.Backend); err != nil {
+			return err
+		}
 	}
 	if err := s.syncListeners(cfg.Listen); err != nil {
 		return err
 	}
-	s.backend.Store(bs)
 	s.cfg.Store(cfg)
 	return nil
 }

@@ -70,6 +70,9 @@ type session struct {
 	bytesIn  atomic.Int64
 	bytesOut atomic.Int64
 	peer     net.Conn // the backend, once relaying
+	closedBy string   // why the gateway closed the relayed session (drain kick, move, kick)
+
+	poolEnd func() // tells the backend pool the relayed session ended
 }
 
 func newSession(srv *Server, lc *conf.Listen, raw, c net.Conn, client netip.AddrPort, release func()) *session {
@@ -150,6 +153,18 @@ func (s *session) interrupt() {
 	if s.state == statePreauth && !s.closed {
 		s.raw.SetReadDeadline(time.Now())
 	}
+}
+
+// closeBy closes a relayed session for the backend pool (drain -kick, move,
+// kick): both sockets, never a byte injected into the relayed stream. The
+// "session ended" line gives reason.
+func (s *session) closeBy(reason string) {
+	s.mu.Lock()
+	if s.closedBy == "" {
+		s.closedBy = reason
+	}
+	s.mu.Unlock()
+	s.closeNow()
 }
 
 // closeNow ends a session at the end of the drain.

@@ -76,6 +76,10 @@ type DovecotOptions struct {
 	// Why says why the test departs from Dovecot's defaults; StartDovecot fails a
 	// test that sets one of the three fields above without it.
 	Why string
+
+	// shared is the directory holding mail/ and passwd when several instances
+	// share them (StartDovecotCluster); empty means the instance's own Dir.
+	shared string
 }
 
 // departs reports whether o changes Dovecot's defaults for failed logins.
@@ -139,7 +143,11 @@ func StartDovecot(t testing.TB, o DovecotOptions) *Dovecot {
 	d.conf.FailureDelay = failureDelay(o.AuthFailureDelay)
 	d.conf.NoPenalty = o.NoAuthPenalty
 	d.conf.NoDelayFrom = o.NoDelayFrom
-	writeFile(t, filepath.Join(d.Dir, "passwd"), passwdFile(t, d.Users), 0o644)
+	if o.shared == "" {
+		o.shared = d.Dir
+		writeFile(t, filepath.Join(d.Dir, "passwd"), passwdFile(t, d.Users), 0o644)
+	}
+	d.conf.MailRoot, d.conf.PasswdFile = filepath.Join(o.shared, "mail"), filepath.Join(o.shared, "passwd")
 	if o.TLS {
 		d.setupTLS(t, o.CA)
 	}

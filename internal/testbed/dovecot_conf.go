@@ -56,11 +56,11 @@ passdb {
 {{- end}}
 passdb {
   driver = passwd-file
-  args = scheme=PLAIN {{.Dir}}/passwd
+  args = scheme=PLAIN {{.PasswdFile}}
 }
 userdb {
   driver = static
-  args = uid={{.MailUID}} gid={{.MailGID}} home={{.Dir}}/mail/%u
+  args = uid={{.MailUID}} gid={{.MailGID}} home={{.MailRoot}}/%u
 }
 {{if .TLS}}
 ssl = yes
@@ -108,6 +108,7 @@ service anvil {
 // dovecotConfData fills dovecotConf.
 type dovecotConfData struct {
 	Dir, Instance                          string
+	MailRoot, PasswdFile                   string // shared by a cluster; below Dir otherwise
 	LoginUser, InternalUser, InternalGroup string
 	MailUID, MailGID                       string
 	FailureDelay                           string
