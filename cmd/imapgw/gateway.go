@@ -98,9 +98,9 @@ func (g *gateway) start() error {
 	if err != nil {
 		return err
 	}
-	// POOL-WIRING (issue 12): add `Backends: g.pool,` once h-pproxy's
-	// proxy.Options.Backends is merged; until then proxy dials on its own.
-	g.srv, err = proxy.New(cfg, proxy.Options{Policy: g.lim, Certs: g.certs, Logger: g.log, Registerer: g.reg})
+	// The gateway owns the pool: it runs its checks and reloads it; proxy
+	// only routes through it.
+	g.srv, err = proxy.New(cfg, proxy.Options{Policy: g.lim, Certs: g.certs, Backends: g.pool, Logger: g.log, Registerer: g.reg})
 	if err != nil {
 		return err
 	}
