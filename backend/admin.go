@@ -1,6 +1,9 @@
 package backend
 
-import "time"
+import (
+	"slices"
+	"time"
+)
 
 // Status is one server as the admin API shows it.
 type Status struct {
@@ -8,14 +11,14 @@ type Status struct {
 	Weight        int
 	State         string // "up", "down", "draining"
 	Sessions      int
-	LastCheck     time.Time
-	LastError     string
-	Capabilities  []string
+	LastCheck     time.Time // zero before the first check
+	LastError     string    // of the last failed check or data-path dial; "" after a good check
+	Capabilities  []string  // pre-login, from the last good check
 }
 
 // UserStatus is where a user's next login goes and why.
 type UserStatus struct {
-	User     string
+	User     string    // lower-cased
 	Backend  string    // where a login goes now ("" none up)
 	Reason   string    // "affinity", "map", "hash", "first", "moved"
 	Sessions int       // open sessions
@@ -29,22 +32,57 @@ func (p *Pool) Servers() []Status {
 	defer p.mu.RUnlock()
 	out := make([]Status, 0, len(p.servers))
 	for _, s := range p.servers {
-		out = append(out, Status{Name: s.Name, Address: s.Address, Weight: s.Weight, State: "up"})
+		st := s.state
+		out = append(out, Status{Name: s.Name, Address: s.Address, Weight: s.Weight,
+			State: st.stateName(), Sessions: len(st.sessions), LastCheck: st.lastCheck,
+			LastError: st.lastErr, Capabilities: slices.Clone(st.caps)})
 	}
 	return out
 }
 
-// Drain stops new logins to name; with kick its sessions are closed too.
-func (p *Pool) Drain(name string, kick bool) error { return nil }
+func (st *serverState) stateName() string {
+	switch {
+	case st.draining:
+		return "draining"
+	case st.up:
+		return "up"
+	default:
+		return "down"
+	}
+}
+
+// Drain stops new logins to name (users with sessions there move on their
+// next login); with kick its sessions are closed too. Draining lasts until
+// Undrain, across reloads.
+func (p *Pool) Drain(name string, kick bool) error {
+	p.mu.Lock()
+	s := p.byName[name]
+	if s == nil {
+		p.mu.Unlock()
+		return ErrUnknownServer
+	}
+	s.state.draining = true
+	var list []*session
+	if kick {
+		list = take(s.state.sessions, func(*session) bool { return true })
+	}
+	p.mu.Unlock()
+	n := closeAll(list, "backend "+name+" drained with kick by the operator")
+	p.log.Info("backend draining", "backend", name, "kick", kick, "closed", n)
+	return nil
+}
 
 // Undrain lets logins reach name again.
-func (p *Pool) Undrain(name string) error { return nil }
-
-// Where tells where user's next login goes, and its sessions and affinity.
-func (p *Pool) Where(user string) UserStatus { return UserStatus{User: user} }
-
-// Move closes user's sessions and pins it to name for backend.affinity.
-func (p *Pool) Move(user, name string) error { return nil }
-
-// Kick closes user's sessions and returns how many there were.
-func (p *Pool) Kick(user string) int { return 0 }
+func (p *Pool) Undrain(name string) error {
+	p.mu.Lock()
+	s := p.byName[name]
+	if s != nil {
+		s.state.draining = false
+	}
+	p.mu.Unlock()
+	if s == nil {
+		return ErrUnknownServer
+	}
+	p.log.Info("backend undrained", "backend", name)
+	return nil
+}

@@ -32,10 +32,12 @@ type Conn struct {
 // ErrBackend marks an answer from the backend that makes no sense here.
 var ErrBackend = errors.New("unexpected backend response")
 
-// Dial opens a connection to s for a client at client (the zero AddrPort for
-// health checks: no PROXY header then), bounded by s.ConnectTimeout. The PROXY
-// header's destination is the connection's own local address; DialFrom names
-// the gateway address the client reached instead.
+// Dial opens a connection to s for a client at client, bounded by
+// s.ConnectTimeout and ctx. With client_ip = proxy-v1/v2 it starts with a
+// PROXY header naming client; for the zero AddrPort (health checks) the header
+// is v2 LOCAL or v1 UNKNOWN, since a Dovecot listener with haproxy = yes
+// requires one. The header's destination is the connection's own local
+// address; DialFrom names the gateway address the client reached instead.
 func (s *Server) Dial(ctx context.Context, client netip.AddrPort) (*Conn, error) {
 	return s.DialFrom(ctx, client, netip.AddrPort{})
 }
@@ -66,10 +68,8 @@ func (s *Server) DialFrom(ctx context.Context, client, local netip.AddrPort) (*C
 
 func (c *Conn) open(ctx context.Context, client, local netip.AddrPort) error {
 	s := c.Server
-	if client.IsValid() {
-		if err := c.sendProxyHeader(client, local); err != nil {
-			return err
-		}
+	if err := c.sendProxyHeader(client, local); err != nil {
+		return err
 	}
 	if s.TLS == conf.TLSImplicit {
 		tc := tls.Client(c.Conn, s.tlsConfig)
@@ -105,14 +105,24 @@ func (c *Conn) sendProxyHeader(client, local netip.AddrPort) error {
 	default:
 		return nil
 	}
-	if !local.IsValid() {
-		local = addrPort(c.Conn.LocalAddr())
+	h := localHeader(v)
+	if client.IsValid() {
+		if !local.IsValid() {
+			local = addrPort(c.Conn.LocalAddr())
+		}
+		h = proxyproto.HeaderProxyFromAddrs(v, net.TCPAddrFromAddrPort(client), sameFamily(client, local))
 	}
-	h := proxyproto.HeaderProxyFromAddrs(v, net.TCPAddrFromAddrPort(client), sameFamily(client, local))
 	if _, err := h.WriteTo(c.Conn); err != nil {
 		return fmt.Errorf("writing PROXY header: %w", err)
 	}
 	return nil
+}
+
+// localHeader is the PROXY header of a connection the gateway makes for
+// itself (a health check): v2 LOCAL or v1 UNKNOWN, which a listener with
+// haproxy = yes requires and which names no client.
+func localHeader(v byte) *proxyproto.Header {
+	return &proxyproto.Header{Version: v, Command: proxyproto.LOCAL, TransportProtocol: proxyproto.UNSPEC}
 }
 
 // sameFamily returns local in client's address family: PROXY headers need one

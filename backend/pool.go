@@ -1,7 +1,6 @@
 package backend
 
 import (
-	"context"
 	"errors"
 	"log/slog"
 	"sync"
@@ -24,105 +23,134 @@ type Options struct {
 // Pool is the set of configured servers, their health and the users' routes.
 // Its methods are safe for concurrent use.
 type Pool struct {
-	now func() time.Time
-	log *slog.Logger
-	m   *metrics
+	now  func() time.Time
+	log  *slog.Logger
+	m    *metrics
+	wake chan struct{} // Reload asks Run to check at once, at the new interval
 
-	mu      sync.RWMutex
-	cfg     conf.Backend
-	servers []*Server // config order
-	byName  map[string]*Server
-	states  map[string]*serverState // by name, kept across reloads
+	mu       sync.RWMutex
+	cfg      conf.Backend
+	servers  []*Server               // config order
+	byName   map[string]*Server      // configured servers
+	states   map[string]*serverState // configured servers' states, kept across reloads
+	users    map[string]*userState   // lower-cased user → sessions and affinity
+	umap     *userMap                // nil: no map file
+	mapStamp fileStamp
 }
 
-// serverState is a server's health, drain flag and sessions, kept across a
-// reload that changes its weight or settings.
+// serverState is a server's health, drain flag and sessions. A reload keeps
+// it for a server whose name and address stay, whatever else changes.
 type serverState struct {
-	up, draining bool
+	name, address string
+	up, draining  bool
+	removed       bool // no longer configured; its sessions run until they end
+	checking      bool // a check is in flight
+	fails, goods  int  // consecutive failed (checks and data-path dials) and good checks
+	lastCheck     time.Time
+	lastErr       string
+	caps          []string
+	sessions      map[*session]struct{}
 }
 
 // New builds the pool from cfg (either form of the server list) and loads the
 // map file. Servers start up; Run's first checks correct that at once.
 func New(cfg conf.Backend, o Options) (*Pool, error) {
-	servers, err := newServers(&cfg)
-	if err != nil {
-		return nil, err
-	}
 	if o.Now == nil {
 		o.Now = time.Now
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	p := &Pool{now: o.Now, log: o.Logger, cfg: cfg, byName: map[string]*Server{}, states: map[string]*serverState{}}
-	p.m = newMetrics(o.Registerer)
-	p.install(servers)
+	p := &Pool{now: o.Now, log: o.Logger, m: newMetrics(o.Registerer), wake: make(chan struct{}, 1),
+		byName: map[string]*Server{}, states: map[string]*serverState{}, users: map[string]*userState{}}
+	if err := p.Reload(cfg); err != nil {
+		return nil, err
+	}
 	return p, nil
 }
 
-func (p *Pool) install(servers []*Server) {
-	p.servers = servers
-	p.byName = map[string]*Server{}
-	for _, s := range servers {
-		st := p.states[s.Name]
-		if st == nil {
-			st = &serverState{up: true}
-			p.states[s.Name] = st
-		}
-		s.state = st
-		p.byName[s.Name] = s
-	}
-}
-
-// Run checks every server each check_interval and re-reads the map file when
-// it changes, until ctx is done.
-func (p *Pool) Run(ctx context.Context) { <-ctx.Done() }
-
 // Reload applies a new [backend] configuration: servers are added, removed or
-// reweighted, and the map file re-read. Sessions stay: those on a removed
-// server run until they end, and kick still closes them. On error nothing
+// reweighted and the map file is re-read. Sessions stay: those on a removed
+// server run until they end, and Kick still closes them. Health and drain
+// carry over for a server that keeps its name and address. On error nothing
 // changes.
 func (p *Pool) Reload(cfg conf.Backend) error {
 	servers, err := newServers(&cfg)
 	if err != nil {
 		return err
 	}
+	var m *userMap
+	var stamp fileStamp
+	if cfg.MapFile != "" {
+		if m, stamp, err = loadMap(cfg.MapFile, namesOf(servers)); err != nil {
+			return err
+		}
+	}
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.cfg = cfg
+	removed := p.retire(servers)
 	p.install(servers)
+	p.cfg, p.umap, p.mapStamp = cfg, m, stamp
+	p.mu.Unlock()
+	for _, name := range removed {
+		p.log.Info("backend removed; its sessions run until they end", "backend", name)
+	}
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
 	return nil
 }
 
-// Route returns the servers to try for user, best first, and why the first
-// was chosen: "affinity" (the server of its open or recent sessions), "map"
-// (the map file), "hash" (weighted rendezvous hashing of the lower-cased user
-// among up, undrained servers) or "first" (route = "first": config order).
-// The rest follow in hash (or config) order, for failover before the
-// credentials are sent. Empty: no server is up.
-func (p *Pool) Route(user string) (order []*Server, reason string) {
-	return p.RouteInto(nil, user)
+func namesOf(servers []*Server) func(string) bool {
+	names := make(map[string]bool, len(servers))
+	for _, s := range servers {
+		names[s.Name] = true
+	}
+	return func(n string) bool { return names[n] }
 }
 
-// RouteInto is Route appending to dst, so that a caller reusing a buffer
-// routes without allocating (added to the contract for that).
-func (p *Pool) RouteInto(dst []*Server, user string) (order []*Server, reason string) {
-	p.mu.RLock()
-	defer p.mu.RUnlock()
-	for _, s := range p.servers {
-		if s.state.up && !s.state.draining {
-			dst = append(dst, s)
+// retire marks the states of servers gone from the new list (or moved to
+// another address) removed, and returns their names.
+func (p *Pool) retire(servers []*Server) []string {
+	keep := map[string]string{}
+	for _, s := range servers {
+		keep[s.Name] = s.Address
+	}
+	var gone []string
+	for name, st := range p.states {
+		if addr, ok := keep[name]; ok && addr == st.address {
+			continue
 		}
+		st.removed = true
+		delete(p.states, name)
+		p.m.up.DeleteLabelValues(name)
+		if len(st.sessions) == 0 {
+			p.m.sessions.DeleteLabelValues(name)
+		}
+		gone = append(gone, name)
 	}
-	if len(dst) == 0 {
-		return dst, ""
-	}
-	return dst, "first"
+	return gone
 }
 
-// DialFailed records a failed dial (or greeting) on the data path: a strike
-// that counts toward backend.fall like a failed check.
-func (p *Pool) DialFailed(s *Server, err error) {}
+// install makes servers the configured list, giving each its kept or a new state.
+func (p *Pool) install(servers []*Server) {
+	p.servers = servers
+	p.byName = make(map[string]*Server, len(servers))
+	for _, s := range servers {
+		st := p.states[s.Name]
+		if st == nil {
+			st = &serverState{name: s.Name, address: s.Address, up: true, sessions: map[*session]struct{}{}}
+			p.states[s.Name] = st
+			p.m.up.WithLabelValues(s.Name).Set(1)
+			p.m.sessions.WithLabelValues(s.Name).Add(0)
+		}
+		s.state = st
+		p.byName[s.Name] = s
+	}
+}
+
+// usable: new logins may go there. Callers hold p.mu.
+func (s *Server) usable() bool { return s.state.up && !s.state.draining }
 
 // CountLogin counts a login on s by outcome (imapgw_backend_logins_total).
 func (p *Pool) CountLogin(s *Server, outcome string) {
@@ -130,17 +158,9 @@ func (p *Pool) CountLogin(s *Server, outcome string) {
 }
 
 // CountFailover counts a login that went on to the next server after from
-// failed (imapgw_backend_failovers_total) and logs it. Added to the contract:
-// proxy calls it, the pool owns the metric.
+// failed to dial or greet (imapgw_backend_failovers_total), and logs it.
+// Added to the POOL_API.md contract: proxy calls it, the pool owns the metric.
 func (p *Pool) CountFailover(user string, from, to *Server) {
 	p.m.failovers.Inc()
 	p.log.Info("backend failover", "user", user, "from", from.Name, "to", to.Name)
-}
-
-// SessionStarted records a relayed session of user on s; closeFn closes both
-// of its sockets (used by drain with kick, Move and Kick) and gets the reason
-// to log. The returned func ends the session (the affinity then lasts
-// backend.affinity); calling it more than once is harmless.
-func (p *Pool) SessionStarted(user string, s *Server, closeFn func(reason string)) (end func()) {
-	return func() {}
 }

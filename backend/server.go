@@ -31,6 +31,7 @@ type Server struct {
 
 	tlsConfig *tls.Config // nil with TLSNone
 	weight    float64     // Weight, for the hash path
+	nameHash  uint64      // fnv1a(Name): its side of the rendezvous score
 	state     *serverState
 }
 
@@ -55,7 +56,7 @@ func newServer(b *conf.Backend, cs conf.BackendServer, roots map[string]*x509.Ce
 	s := &Server{Name: cs.Name, Address: cs.Address, Weight: cs.Weight,
 		TLS: or(cs.TLS, b.TLS), ClientIP: or(cs.ClientIP, b.ClientIP),
 		ConnectTimeout: b.ConnectTimeout.Duration, LoginTimeout: b.LoginTimeout.Duration,
-		weight: float64(cs.Weight)}
+		weight: float64(cs.Weight), nameHash: fnv1a(cs.Name)}
 	if s.Weight <= 0 {
 		return nil, fmt.Errorf("backend %s: weight must be positive, got %d", s.Name, s.Weight)
 	}
