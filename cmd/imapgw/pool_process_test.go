@@ -124,7 +124,7 @@ func (e *poolEnv) logins(user string) map[string]int {
 // server whose Dovecot logged the login.
 func (e *poolEnv) login(t *testing.T, user string) (*poolSession, string) {
 	t.Helper()
-	before := e.logins(user)
+	before, open := e.logins(user), e.where(t, user).Open
 	s, err := dialPoolSession(e.p.imaps, user, e.dovecots["imap1"].Users[user])
 	if err != nil {
 		t.Fatalf("login of %s through the gateway: %v", user, err)
@@ -139,6 +139,12 @@ func (e *poolEnv) login(t *testing.T, user string) (*poolSession, string) {
 			}
 		}
 		return false
+	})
+	// The client has its OK a moment before the pool counts the session
+	// (proxy answers, then starts the relay); a kick in between would miss
+	// it, so wait until the pool knows it.
+	e.p.eventually(t, "the pool to count the session of "+user, func() bool {
+		return e.where(t, user).Open > open
 	})
 	return s, on
 }
@@ -215,9 +221,10 @@ func other(name string) string {
 func TestBackendPoolCLIProcess(t *testing.T) {
 	e := startPoolEnv(t)
 
-	e.p.eventually(t, "imapgw backends list to show both servers up", func() bool {
+	e.p.eventually(t, "imapgw backends list to show both servers checked and up", func() bool {
 		m := e.backends(t)
-		return m["imap1"].State == "up" && m["imap2"].State == "up"
+		return m["imap1"].State == "up" && m["imap2"].State == "up" &&
+			!m["imap1"].LastCheck.IsZero() && !m["imap2"].LastCheck.IsZero()
 	})
 	m := e.backends(t)
 	for name, d := range e.dovecots {
