@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 // poolEnv is a real `imapgw run` in front of two real Dovecots, imap1 and
 // imap2, driven by the CLI as an operator would.
 type poolEnv struct {
+	dir      string // holds the config file and state
 	p        *process
 	dovecots map[string]*testbed.Dovecot
 }
@@ -31,10 +33,19 @@ func startPoolEnv(t *testing.T) *poolEnv {
 	t.Helper()
 	d1 := testbed.StartDovecot(t, testbed.DovecotOptions{})
 	d2 := testbed.StartDovecot(t, testbed.DovecotOptions{})
-	dir := t.TempDir()
-	path := filepath.Join(dir, "imapgw.toml")
-	// Checks every 100 ms, one verdict enough: the servers are up within a
-	// check of the start, and the test waits on that state, never on a timer.
+	e := &poolEnv{dir: t.TempDir(), dovecots: map[string]*testbed.Dovecot{"imap1": d1, "imap2": d2}}
+	e.writeConfig(t, fmt.Sprintf("[[backend.server]]\nname = \"imap1\"\naddress = %q\n\n[[backend.server]]\nname = \"imap2\"\naddress = %q\n", d1.Addr, d2.Addr))
+	e.p = startProcess(t, e.path())
+	return e
+}
+
+func (e *poolEnv) path() string { return filepath.Join(e.dir, "imapgw.toml") }
+
+// writeConfig writes the gateway's config with these [[backend.server]]
+// tables. Checks every 100 ms, one verdict enough: the servers are up within
+// a check of the start, and the tests wait on that state, never on a timer.
+func (e *poolEnv) writeConfig(t *testing.T, servers string) {
+	t.Helper()
 	text := fmt.Sprintf(`[server]
 hostname = "localhost"
 state_dir = %q
@@ -54,23 +65,15 @@ check_timeout = "2s"
 fall = 1
 rise = 1
 
-[[backend.server]]
-name = "imap1"
-address = %q
-
-[[backend.server]]
-name = "imap2"
-address = %q
-
+%s
 [bans]
 allow = ["127.0.0.0/8"]
 failure_delay = "0s"
 
 [admin]
 address = "127.0.0.1:0"
-`, filepath.Join(dir, "state"), d1.Addr, d2.Addr)
-	must(t, os.WriteFile(path, []byte(text), 0o600))
-	return &poolEnv{p: startProcess(t, path), dovecots: map[string]*testbed.Dovecot{"imap1": d1, "imap2": d2}}
+`, filepath.Join(e.dir, "state"), servers)
+	must(t, os.WriteFile(e.path(), []byte(text), 0o600))
 }
 
 // cli runs an imapgw command against the process's admin endpoint.
@@ -331,5 +334,54 @@ func TestBackendPoolCLIProcess(t *testing.T) {
 	}
 	if err := bob.waitClosed(); err != nil {
 		t.Errorf("bob's session on %s after drain -kick: %v", on, err)
+	}
+}
+
+// TestBackendPoolReloadProcess: SIGHUP reloads the pool the gateway owns:
+// a reweighted server and a new one show in backends list, the new one,
+// which nothing answers at, goes down with its error; a session stays up.
+func TestBackendPoolReloadProcess(t *testing.T) {
+	e := startPoolEnv(t)
+	e.p.eventually(t, "both servers up", func() bool {
+		m := e.backends(t)
+		return m["imap1"].State == "up" && m["imap2"].State == "up"
+	})
+	alice, on := e.login(t, "alice")
+
+	// A port nothing listens on: bound, then closed.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close()
+	e.writeConfig(t, fmt.Sprintf(`[[backend.server]]
+name = "imap1"
+address = %q
+weight = 300
+
+[[backend.server]]
+name = "imap2"
+address = %q
+
+[[backend.server]]
+name = "imap3"
+address = %q
+`, e.dovecots["imap1"].Addr, e.dovecots["imap2"].Addr, dead))
+	e.p.signal(t, syscall.SIGHUP)
+	e.p.waitLog(t, "configuration reloaded", 1)
+	e.p.eventually(t, "backends list to show the reload and imap3 down", func() bool {
+		m := e.backends(t)
+		return len(m) == 3 && m["imap1"].Weight == 300 && m["imap3"].State == "down" && m["imap3"].LastError != ""
+	})
+	code, out, errOut := e.cli("status")
+	if code != 0 || !strings.Contains(out, "imap3") || !strings.Contains(out, dead) || !strings.Contains(out, "down") {
+		t.Errorf("imapgw status after the reload = %d %s\n%s, want imap3 down", code, errOut, out)
+	}
+	if err := alice.noop(); err != nil {
+		t.Errorf("alice's session on %s across the reload: %v", on, err)
+	}
+	if b := e.backends(t)[on]; b.Sessions != 1 {
+		t.Errorf("%s after the reload: %d sessions, want alice's 1", on, b.Sessions)
 	}
 }
