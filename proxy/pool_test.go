@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/emersion/go-imap/v2/imapclient"
+	"github.com/imapgw/imapgw/backend"
 	"github.com/imapgw/imapgw/conf"
 	"github.com/imapgw/imapgw/internal/testbed"
 )
@@ -45,7 +46,8 @@ const (
 )
 
 // startPoolEnv starts n Dovecots with their defaults and a gateway whose pool
-// names the first configured of them (all when configured is 0) imap1….
+// names the first configured of them (all when configured is 0) imap1…. The
+// health checks start with runChecks.
 func startPoolEnv(t *testing.T, n, configured int, edit func(*conf.Config)) *poolEnv {
 	t.Helper()
 	users := poolUsers()
@@ -69,7 +71,6 @@ func startPoolEnv(t *testing.T, n, configured int, edit func(*conf.Config)) *poo
 			edit(c)
 		}
 	})
-	e.runChecks(t)
 	return e
 }
 
@@ -312,6 +313,7 @@ for arg in sys.argv[3:]:
 // users spread over all three; the auth line names the server.
 func TestPoolSameServer(t *testing.T) {
 	e := startPoolEnv(t, 3, 0, nil)
+	e.runChecks(t)
 	hashed := e.hashed(t)
 	for i, us := range byNode(hashed, 3) {
 		if len(us) == 0 {
@@ -343,4 +345,418 @@ func TestPoolSameServer(t *testing.T) {
 		}
 	}
 	assertNoPasswords(t, e.logs.String())
+}
+
+// TestPoolKillAndReturn: SIGKILL one of three Dovecots. Its users log in on
+// the others within fall × check_interval + 1 s and no login in that window
+// waits past connect_timeout; everyone else keeps their server and their open
+// sessions. Then it comes back: a user holding IDLE on its fallback stays
+// there, and so do its new logins until the session has ended and the
+// affinity passed; users with no session return to their hashed server.
+func TestPoolKillAndReturn(t *testing.T) {
+	const affinity = 1500 * time.Millisecond
+	e := startPoolEnv(t, 3, 0, func(c *conf.Config) { c.Backend.Affinity = conf.D(affinity) })
+	e.runChecks(t)
+	hashed := e.hashed(t)
+	groups := byNode(hashed, 3)
+	victim := 0
+	for i := range groups {
+		if len(groups[i]) > len(groups[victim]) {
+			victim = i
+		}
+	}
+	if len(groups[victim]) < 3 {
+		t.Fatalf("want 3 users on one server, got %v", groups)
+	}
+	vname := e.names[victim]
+	holder, returner, fresh := groups[victim][0], groups[victim][1], groups[victim][2]
+
+	// Sessions on the survivors must not notice.
+	type held struct {
+		user string
+		c    *imapclient.Client
+		stop func()
+	}
+	var survivors []held
+	for i, us := range groups {
+		if i != victim && len(us) > 0 {
+			c, node, stop := e.idle(t, us[0])
+			if node != i {
+				t.Fatalf("%s landed on %s, want %s", us[0], e.names[node], e.names[i])
+			}
+			survivors = append(survivors, held{us[0], c, stop})
+		}
+	}
+
+	bound := poolFall*poolCheckInterval + time.Second
+	killed := time.Now()
+	downc := make(chan time.Duration, 1)
+	go func() { downc <- e.untilState(vname, "down", 2*bound) }()
+	e.nodes[victim].Kill()
+	var moved time.Duration // until the last of the victim's users logged in elsewhere
+	var firstMove time.Duration
+	var holderConn *imapclient.Client
+	var holderStop func()
+	holderNode := -1
+	for _, u := range groups[victim] {
+		if u == fresh {
+			continue // keeps no session and no affinity: must return at once
+		}
+		start := time.Now()
+		var node int
+		if u == holder {
+			holderConn, holderNode, holderStop = e.idle(t, u)
+			node = holderNode
+		} else {
+			node = e.visitGo(t, u)
+		}
+		if took := time.Since(start); took >= poolConnect {
+			t.Errorf("login of %s during the outage took %v, want < connect_timeout %v", u, took, poolConnect)
+		}
+		if node == victim {
+			t.Fatalf("%s logged in on the killed %s", u, vname)
+		}
+		moved = time.Since(killed)
+		if firstMove == 0 {
+			firstMove = moved
+		}
+	}
+	if moved > bound {
+		t.Errorf("the killed server's users all logged in elsewhere after %v, want within fall × check_interval + 1s = %v", moved, bound)
+	}
+	down := <-downc
+	if down < 0 || down > bound {
+		t.Errorf("%s marked down %v after the kill, want within %v (negative: never)", vname, down, bound)
+	}
+	t.Logf("MEASURED: after SIGKILL of %s: first of its users logged in elsewhere after %v, all %d after %v; marked down after %v (bound fall × check_interval + 1s = %v)",
+		vname, firstMove.Round(time.Millisecond), len(groups[victim])-1, moved.Round(time.Millisecond), down.Round(time.Millisecond), bound)
+
+	for u, i := range hashed {
+		if i != victim && u != holder {
+			if got := e.visitGo(t, u); got != i {
+				t.Errorf("%s (on %s, still up) moved to %s", u, e.names[i], e.names[got])
+			}
+		}
+	}
+	for i := range survivors {
+		survivors[i].stop = stillWorks(t, survivors[i].c, survivors[i].stop)
+	}
+
+	// Back up.
+	e.nodes[victim].Start()
+	e.waitState(t, vname, "up", 10*time.Second)
+	if got := e.visitGo(t, fresh); got != victim {
+		t.Errorf("%s (no session, no affinity) went to %s after %s came back, want %s", fresh, e.names[got], vname, vname)
+	}
+	if w := e.pool.Where(holder); w.Backend != e.names[holderNode] || w.Reason != "affinity" {
+		t.Errorf("Where(%s) with an open session on %s = %+v, want it there by affinity", holder, e.names[holderNode], w)
+	}
+	if got := e.visitGo(t, holder); got != holderNode {
+		t.Errorf("new login of %s, whose IDLE session is on %s, went to %s: split", holder, e.names[holderNode], e.names[got])
+	}
+	holderStop = stillWorks(t, holderConn, holderStop)
+	holderStop()
+	if err := holderConn.Logout().Wait(); err != nil {
+		t.Fatalf("LOGOUT: %v", err)
+	}
+	e.waitSessions(t, holder, 0)
+	ended := time.Now()
+	if w := e.pool.Where(holder); w.Backend != e.names[holderNode] {
+		t.Errorf("Where(%s) just after its session ended = %+v, want %s for the affinity", holder, w, e.names[holderNode])
+	}
+	// It follows the hash again once the affinity has passed, not before.
+	back := e.waitRoute(t, holder, vname, affinity+2*time.Second)
+	if since := back.Sub(ended); since < affinity-100*time.Millisecond {
+		t.Errorf("%s returned to %s %v after its session ended, before the affinity %v", holder, vname, since, affinity)
+	}
+	if got := e.visitGo(t, holder); got != victim {
+		t.Errorf("%s after its affinity went to %s, want %s", holder, e.names[got], vname)
+	}
+	e.waitRoute(t, returner, vname, affinity+2*time.Second)
+	if got := e.visitGo(t, returner); got != victim {
+		t.Errorf("%s after its affinity went to %s, want %s", returner, e.names[got], vname)
+	}
+	for _, h := range survivors {
+		h.stop()
+	}
+	assertNoPasswords(t, e.logs.String())
+}
+
+// waitRoute waits until the pool sends user to name and returns when.
+func (e *poolEnv) waitRoute(t *testing.T, user, name string, timeout time.Duration) time.Time {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		if w := e.pool.Where(user); w.Backend == name {
+			return time.Now()
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not routed to %s within %v: %+v", user, name, timeout, e.pool.Where(user))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// untilState polls the pool from now until name is in state and returns how
+// long that took, or -1 after timeout. Safe to run in its own goroutine.
+func (e *poolEnv) untilState(name, state string, timeout time.Duration) time.Duration {
+	start := time.Now()
+	for time.Since(start) < timeout {
+		for _, st := range e.pool.Servers() {
+			if st.Name == name && st.State == state {
+				return time.Since(start)
+			}
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	return -1
+}
+
+// TestPoolSilentServer: a server that accepts TCP and never greets is marked
+// down by the checks; then the logins of the users it had are not held for
+// connect_timeout but go straight to the others.
+func TestPoolSilentServer(t *testing.T) {
+	silent := testbed.StartSilentServer(t)
+	const checkTimeout = 300 * time.Millisecond
+	e := startPoolEnv(t, 2, 0, func(c *conf.Config) {
+		c.Backend.Server = append(c.Backend.Server, conf.BackendServer{Name: "silent", Address: silent, Weight: 100})
+		c.Backend.CheckTimeout = conf.D(checkTimeout)
+	})
+	var owned []string // users the silent server would have
+	for _, u := range e.sortedUsers() {
+		if e.pool.Where(u).Backend == "silent" {
+			owned = append(owned, u)
+		}
+	}
+	if len(owned) == 0 {
+		t.Fatal("no user hashes to the silent server")
+	}
+	e.runChecks(t)
+	bound := poolFall*(poolCheckInterval+checkTimeout) + time.Second
+	took := e.waitState(t, "silent", "down", bound)
+	t.Logf("MEASURED: silent server marked down %v after the checks started (bound %v)", took.Round(time.Millisecond), bound)
+	for _, st := range e.pool.Servers() {
+		if st.Name == "silent" && st.LastError == "" {
+			t.Errorf("silent server down with no LastError: %+v", st)
+		}
+	}
+	for _, u := range owned {
+		start := time.Now()
+		node := e.visitGo(t, u)
+		if took := time.Since(start); took > time.Second {
+			t.Errorf("login of %s took %v with the silent server already down", u, took)
+		}
+		t.Logf("%s: silent server down, landed on %s", u, e.names[node])
+	}
+}
+
+// TestPoolDrain: a drained server gets no new logins and keeps its sessions;
+// drain with kick closes them (both sockets, logged with the reason); undrain
+// brings its users back.
+func TestPoolDrain(t *testing.T) {
+	e := startPoolEnv(t, 3, 0, func(c *conf.Config) { c.Backend.Affinity = conf.D(0) })
+	e.runChecks(t)
+	hashed := e.hashed(t)
+	groups := byNode(hashed, 3)
+	x := 0
+	for i := range groups {
+		if len(groups[i]) > len(groups[x]) {
+			x = i
+		}
+	}
+	name := e.names[x]
+	holder := groups[x][0]
+	c, node, stop := e.idle(t, holder)
+	if node != x {
+		t.Fatalf("%s landed on %s, want %s", holder, e.names[node], name)
+	}
+
+	if err := e.pool.Drain(name, false); err != nil {
+		t.Fatalf("Drain(%s) = %v", name, err)
+	}
+	e.waitState(t, name, "draining", time.Second)
+	for _, u := range groups[x][1:] {
+		if got := e.visitGo(t, u); got == x {
+			t.Errorf("%s logged in on the draining %s", u, name)
+		}
+	}
+	stop = stillWorks(t, c, stop)
+	if w := e.pool.Where(holder); w.Sessions != 1 {
+		t.Errorf("Where(%s) = %+v, want its session still counted", holder, w)
+	}
+
+	if err := e.pool.Drain(name, true); err != nil {
+		t.Fatalf("Drain(%s, kick) = %v", name, err)
+	}
+	e.waitSessions(t, holder, 0)
+	// The IDLE command ends with the connection, not with a reply.
+	c.Close()
+	_ = stop
+	line := e.waitLog(t, "msg=\"session ended\" ", "user="+holder)
+	if !strings.Contains(line, "closed_by=gateway") || !strings.Contains(line, "backend="+name) {
+		t.Errorf("session end line %q, want closed_by=gateway, the reason and backend=%s", line, name)
+	}
+	t.Logf("kicked: %s", line)
+
+	if err := e.pool.Undrain(name); err != nil {
+		t.Fatalf("Undrain(%s) = %v", name, err)
+	}
+	e.waitState(t, name, "up", time.Second)
+	for _, u := range groups[x] {
+		if got := e.visitGo(t, u); got != x {
+			t.Errorf("%s after undrain went to %s, want %s", u, e.names[got], name)
+		}
+	}
+}
+
+// waitLog waits for a gateway log line holding every one of parts.
+func (e *poolEnv) waitLog(t *testing.T, parts ...string) string {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+	lines:
+		for line := range strings.Lines(e.logs.String()) {
+			for _, p := range parts {
+				if !strings.Contains(line, p) {
+					continue lines
+				}
+			}
+			return strings.TrimSpace(line)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no gateway log line with %q", parts)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestPoolMapFile: a map file entry wins over the hash, and an edit of the
+// file is picked up without a reload.
+func TestPoolMapFile(t *testing.T) {
+	mapFile := filepath.Join(t.TempDir(), "users.map")
+	// Empty at first: the hash of every user.
+	if err := os.WriteFile(mapFile, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e := startPoolEnv(t, 3, 0, func(c *conf.Config) {
+		c.Backend.Affinity = conf.D(0)
+		c.Backend.MapFile = mapFile
+	})
+	hashed := e.hashed(t)
+	other := func(u string) string { return e.names[(hashed[u]+1)%3] }
+	a, b := "user01", "user02"
+	write := func(body string) {
+		t.Helper()
+		// Write and rename: the pool never reads a half-written map.
+		tmp := mapFile + ".new"
+		if err := os.WriteFile(tmp, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, mapFile); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(a + " " + other(a) + "\n")
+	if err := e.pool.Reload(e.cfg.Backend); err != nil {
+		t.Fatalf("Reload with the map: %v", err)
+	}
+	e.runChecks(t)
+	if w := e.pool.Where(a); w.Backend != other(a) || w.Reason != "map" {
+		t.Fatalf("Where(%s) = %+v, want %s by map", a, w, other(a))
+	}
+	if got := e.visitGo(t, a); e.names[got] != other(a) {
+		t.Errorf("%s went to %s, want %s from the map (hash: %s)", a, e.names[got], other(a), e.names[hashed[a]])
+	}
+	if got := e.visitGo(t, b); got != hashed[b] {
+		t.Errorf("%s (not in the map) went to %s, want its hash %s", b, e.names[got], e.names[hashed[b]])
+	}
+
+	// Edit: a goes back to the hash, b is mapped away from it.
+	write("# edited\n" + b + " " + other(b) + "\n")
+	picked := time.Now()
+	e.waitRoute(t, b, other(b), 5*time.Second)
+	t.Logf("MEASURED: map file edit picked up after %v", time.Since(picked).Round(time.Millisecond))
+	if w := e.pool.Where(b); w.Reason != "map" {
+		t.Errorf("Where(%s) = %+v, want reason map", b, w)
+	}
+	if got := e.visitGo(t, b); e.names[got] != other(b) {
+		t.Errorf("%s after the edit went to %s, want %s", b, e.names[got], other(b))
+	}
+	e.waitRoute(t, a, e.names[hashed[a]], 5*time.Second)
+	if got := e.visitGo(t, a); got != hashed[a] {
+		t.Errorf("%s, no longer mapped, went to %s, want its hash %s", a, e.names[got], e.names[hashed[a]])
+	}
+}
+
+// TestPoolReloadAddServer: a reload adds a fourth Dovecot while IDLE sessions
+// are open: they stay up; a user whose hash now names the new server goes
+// there when it has no session, and stays with its session's server while it
+// has one (never split), following the hash once it has ended.
+func TestPoolReloadAddServer(t *testing.T) {
+	const affinity = time.Second
+	e := startPoolEnv(t, 4, 3, func(c *conf.Config) { c.Backend.Affinity = conf.D(affinity) })
+	e.runChecks(t)
+	before := e.hashed(t)
+
+	// Where each user goes with four servers, from a pool of that config.
+	four := *e.cfg
+	four.Backend.Server = e.serverConfs(4)
+	probe, err := backend.New(four.Backend, backend.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var movers, stayers []string
+	for _, u := range e.sortedUsers() {
+		if probe.Where(u).Backend == e.names[3] {
+			movers = append(movers, u)
+		} else {
+			stayers = append(stayers, u)
+		}
+	}
+	if len(movers) < 2 {
+		t.Fatalf("want 2 users that move to the new server, got %v", movers)
+	}
+
+	type held struct {
+		user string
+		node int
+		c    *imapclient.Client
+		stop func()
+	}
+	var sessions []held
+	for _, u := range append([]string{movers[0]}, stayers[:3]...) {
+		c, node, stop := e.idle(t, u)
+		sessions = append(sessions, held{u, node, c, stop})
+	}
+
+	if err := e.pool.Reload(four.Backend); err != nil {
+		t.Fatalf("Reload with a fourth server: %v", err)
+	}
+	e.waitState(t, e.names[3], "up", 5*time.Second)
+	for i := range sessions {
+		sessions[i].stop = stillWorks(t, sessions[i].c, sessions[i].stop)
+	}
+	holder := sessions[0]
+	if got := e.visitGo(t, holder.user); got != holder.node {
+		t.Errorf("%s, with an IDLE session on %s, went to %s after the reload: split", holder.user, e.names[holder.node], e.names[got])
+	}
+	if got := e.visitGo(t, movers[1]); got != 3 {
+		t.Errorf("%s (no session) went to %s after the reload, want the new %s", movers[1], e.names[got], e.names[3])
+	}
+	for _, u := range stayers[3:] {
+		if got := e.visitGo(t, u); got != before[u] {
+			t.Errorf("%s moved from %s to %s when a server was added", u, e.names[before[u]], e.names[got])
+		}
+	}
+	for _, h := range sessions {
+		h.stop()
+		if err := h.c.Logout().Wait(); err != nil {
+			t.Errorf("LOGOUT as %s after the reload: %v", h.user, err)
+		}
+	}
+	e.waitSessions(t, holder.user, 0)
+	e.waitRoute(t, holder.user, e.names[3], affinity+2*time.Second)
+	if got := e.visitGo(t, holder.user); got != 3 {
+		t.Errorf("%s after its session and affinity went to %s, want the new %s", holder.user, e.names[got], e.names[3])
+	}
 }
