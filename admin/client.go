@@ -18,7 +18,8 @@ import (
 	"github.com/imapgw/imapgw/limiter"
 )
 
-// Client calls an admin endpoint, for `imapgw bans` and `imapgw status`.
+// Client calls an admin endpoint, for `imapgw bans`, `backends`, `users` and
+// `status`.
 type Client struct {
 	base  string // "http://host:port"
 	token string
@@ -134,6 +135,43 @@ func (c *Client) Stats(ctx context.Context) (Stats, error) {
 // Reload asks the gateway to reload its config file.
 func (c *Client) Reload(ctx context.Context) error {
 	return c.do(ctx, "POST", "/api/v1/reload", nil, nil)
+}
+
+// Backends lists the servers of the backend pool.
+func (c *Client) Backends(ctx context.Context) ([]BackendInfo, error) {
+	var out []BackendInfo
+	return out, c.do(ctx, "GET", "/api/v1/backends", nil, &out)
+}
+
+// Drain stops new logins to the server name; kick also closes its sessions.
+// An *APIError with Status 404 means no such server.
+func (c *Client) Drain(ctx context.Context, name string, kick bool) (DrainResult, error) {
+	var out DrainResult
+	return out, c.do(ctx, "POST", "/api/v1/backends/"+url.PathEscape(name)+"/drain", DrainRequest{Kick: kick}, &out)
+}
+
+// Undrain resumes new logins to the server name.
+func (c *Client) Undrain(ctx context.Context, name string) (DrainResult, error) {
+	var out DrainResult
+	return out, c.do(ctx, "POST", "/api/v1/backends/"+url.PathEscape(name)+"/undrain", nil, &out)
+}
+
+// Where says where user's next login goes and why, and lists its sessions.
+func (c *Client) Where(ctx context.Context, user string) (UserInfo, error) {
+	var out UserInfo
+	return out, c.do(ctx, "GET", "/api/v1/users/"+url.PathEscape(user), nil, &out)
+}
+
+// Move closes user's sessions and pins it to the server name.
+func (c *Client) Move(ctx context.Context, user, name string) (UserResult, error) {
+	var out UserResult
+	return out, c.do(ctx, "POST", "/api/v1/users/"+url.PathEscape(user)+"/move", MoveRequest{Backend: name}, &out)
+}
+
+// Kick closes user's sessions.
+func (c *Client) Kick(ctx context.Context, user string) (UserResult, error) {
+	var out UserResult
+	return out, c.do(ctx, "POST", "/api/v1/users/"+url.PathEscape(user)+"/kick", nil, &out)
 }
 
 // do sends in (if not nil) as JSON and decodes a 2xx answer into out (if not

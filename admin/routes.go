@@ -43,6 +43,12 @@ func (s *Server) table() []route {
 		{"GET", "/api/v1/sessions", false, s.sessions},
 		{"GET", "/api/v1/stats", false, s.stats},
 		{"POST", "/api/v1/reload", false, s.reload},
+		{"GET", "/api/v1/backends", false, s.needBackends(s.listBackends)},
+		{"POST", "/api/v1/backends/{name}/drain", false, s.needBackends(s.drainBackend)},
+		{"POST", "/api/v1/backends/{name}/undrain", false, s.needBackends(s.undrainBackend)},
+		{"GET", "/api/v1/users/{user}", false, s.needBackends(s.where)},
+		{"POST", "/api/v1/users/{user}/move", false, s.needBackends(s.move)},
+		{"POST", "/api/v1/users/{user}/kick", false, s.needBackends(s.kick)},
 		// Go's profiler, behind the token: heap and CPU profiles of a live gateway
 		// are how its memory per session and its CPU are explained.
 		pprofRoute,

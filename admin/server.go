@@ -84,6 +84,8 @@ type Options struct {
 	InKernel func(netip.Prefix) bool
 	// Sessions lists the active sessions. nil: none.
 	Sessions Sessions
+	// Backends is the backend pool. nil: its routes answer 501.
+	Backends Backends
 	// Certs lists the loaded certificates. nil: none.
 	Certs func() []acme.CertInfo
 	// Ready reports whether a certificate is loaded; /readyz answers 503 until

@@ -434,7 +434,7 @@ func TestStatusCLI(t *testing.T) {
 	if rc != 0 {
 		t.Fatalf("imapgw status = %d %s", rc, errOut)
 	}
-	for _, want := range []string{"ready", "relaying 1", "ok 1", "localhost", "self-signed", "demo"} {
+	for _, want := range []string{"ready", "relaying 1", "ok 1", "localhost", "self-signed", "demo", "BACKEND", be.Addr} {
 		if !strings.Contains(out, want) {
 			t.Errorf("imapgw status: no %q in\n%s", want, out)
 		}
@@ -442,6 +442,7 @@ func TestStatusCLI(t *testing.T) {
 	rc, out, errOut = env.cli("status", "-json")
 	var st struct {
 		Stats    admin.Stats
+		Backends []admin.BackendInfo
 		Sessions []admin.SessionInfo
 	}
 	if rc != 0 || json.Unmarshal([]byte(out), &st) != nil {
@@ -449,6 +450,9 @@ func TestStatusCLI(t *testing.T) {
 	}
 	if st.Stats.Logins["ok"] != 1 || len(st.Sessions) != 1 || st.Sessions[0].User != "demo" {
 		t.Errorf("imapgw status -json = %s, want 1 login and demo's session", out)
+	}
+	if len(st.Backends) != 1 || st.Backends[0].Address != be.Addr {
+		t.Errorf("imapgw status -json = %s, want the one backend server %s", out, be.Addr)
 	}
 }
 

@@ -299,20 +299,27 @@ func statusCmd(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return fail(stderr, "status", err)
 	}
+	backends, err := c.Backends(ctx)
+	if err != nil && !admin.IsStatus(err, http.StatusNotImplemented) {
+		return fail(stderr, "status", err)
+	}
 	if *f.json {
 		return printJSON(stdout, stderr, struct {
 			Stats    admin.Stats         `json:"stats"`
+			Backends []admin.BackendInfo `json:"backends"`
 			Sessions []admin.SessionInfo `json:"sessions"`
-		}{st, sessions})
+		}{st, backends, sessions})
 	}
-	printStatus(stdout, st, sessions, time.Now())
+	printStatus(stdout, st, backends, sessions, time.Now())
 	return 0
 }
 
-func printStatus(w io.Writer, st admin.Stats, sessions []admin.SessionInfo, now time.Time) {
+func printStatus(w io.Writer, st admin.Stats, backends []admin.BackendInfo, sessions []admin.SessionInfo, now time.Time) {
 	printCounters(w, st)
 	fmt.Fprintln(w)
 	printCerts(w, st.Certificates)
+	fmt.Fprintln(w)
+	printBackends(w, backends, now)
 	fmt.Fprintln(w)
 	printSessions(w, sessions, now)
 }

@@ -47,6 +47,7 @@ func (g *gateway) newAdmin(a conf.Admin) (*admin.Server, error) {
 		Bans:     g.lim,
 		InKernel: g.firewallInKernel(),
 		Sessions: admin.SessionsFunc(g.sessions),
+		Backends: poolAdmin{g.pool},
 		Certs:    g.certs.Certificates,
 		Ready:    g.certs.Ready,
 		Draining: g.draining.Load,

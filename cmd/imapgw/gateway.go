@@ -12,6 +12,7 @@ import (
 
 	"github.com/imapgw/imapgw/acme"
 	"github.com/imapgw/imapgw/admin"
+	"github.com/imapgw/imapgw/backend"
 	"github.com/imapgw/imapgw/conf"
 	"github.com/imapgw/imapgw/firewall"
 	"github.com/imapgw/imapgw/limiter"
@@ -28,6 +29,7 @@ type gateway struct {
 	reg   *prometheus.Registry
 	lim   *limiter.Limiter
 	certs *acme.Manager
+	pool  *backend.Pool // the backend servers: health, routing, drain
 	srv   *proxy.Server
 	admin *admin.Server      // nil when admin.address is ""
 	fw    *firewall.Firewall // nil unless bans.firewall = "nftables"
@@ -40,7 +42,7 @@ type gateway struct {
 
 	ctx    context.Context
 	cancel context.CancelFunc
-	bg     sync.WaitGroup // background loops: ban saving, certificates
+	bg     sync.WaitGroup // background loops: ban saving, certificates, health checks
 }
 
 // newLogger builds the process logger; its level can change on reload.
@@ -94,7 +96,13 @@ func (g *gateway) start() error {
 	if err := g.certs.Start(g.ctx); err != nil {
 		return err
 	}
-	g.srv, err = proxy.New(cfg, proxy.Options{Policy: g.lim, Certs: g.certs, Logger: g.log, Registerer: g.reg})
+	g.pool, err = backend.New(cfg.Backend, backend.Options{Logger: g.log.With("part", "backend"), Registerer: g.reg})
+	if err != nil {
+		return err
+	}
+	// The gateway owns the pool: it runs its checks and reloads it; proxy
+	// only routes through it.
+	g.srv, err = proxy.New(cfg, proxy.Options{Policy: g.lim, Certs: g.certs, Backends: g.pool, Logger: g.log, Registerer: g.reg})
 	if err != nil {
 		return err
 	}
@@ -109,8 +117,11 @@ func (g *gateway) start() error {
 		g.srv.Shutdown(context.Background())
 		return err
 	}
-	g.bg.Add(1)
+	g.bg.Add(2)
 	go func() { defer g.bg.Done(); g.lim.Run(g.ctx) }()
+	// Health checks run for the process's lifetime: the drain at shutdown
+	// still routes by them; g.cancel ends them after it.
+	go func() { defer g.bg.Done(); g.pool.Run(g.ctx) }()
 	return nil
 }
 
@@ -137,6 +148,13 @@ func (g *gateway) reload() error {
 	}
 	if err := g.certs.Update(cfg); err != nil {
 		g.log.Error("reload rejected: certificates", "err", err)
+		return err
+	}
+	// Before the listeners: a server list the pool refuses (an unreadable
+	// CA file, a map file) rejects the reload while nothing else has changed
+	// but the certificates, which the same file asked for anyway.
+	if err := g.pool.Reload(cfg.Backend); err != nil {
+		g.log.Error("reload rejected: backend servers", "err", err)
 		return err
 	}
 	if err := g.srv.Update(cfg); err != nil {

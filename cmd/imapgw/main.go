@@ -20,7 +20,9 @@ Usage:
   imapgw check  -config FILE        validate a config file, like nginx -t
   imapgw demo                       everything embedded, on loopback, no root
   imapgw bans   list | add IP [-for 1h] [-reason TEXT] | del IP
-  imapgw status                     sessions, logins, bans, certificates
+  imapgw backends [list] | drain NAME [-kick] | undrain NAME
+  imapgw users  where USER | move USER NAME | kick USER
+  imapgw status                     sessions, logins, bans, backends, certificates
   imapgw version
 
 Run "imapgw COMMAND -h" for a command's flags.
@@ -46,6 +48,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return demoCmd(rest, stdout, stderr)
 	case "bans":
 		return bansCmd(rest, stdout, stderr)
+	case "backends":
+		return backendsCmd(rest, stdout, stderr)
+	case "users":
+		return usersCmd(rest, stdout, stderr)
 	case "status":
 		return statusCmd(rest, stdout, stderr)
 	case "version", "-version", "--version":

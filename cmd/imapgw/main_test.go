@@ -96,3 +96,39 @@ func TestCheckCommand(t *testing.T) {
 		}
 	}
 }
+
+// TestPoolCommandsUsage: the pool commands are in the usage text, and wrong
+// invocations exit 2 with a message before calling anything.
+func TestPoolCommandsUsage(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run([]string{"-h"}, &out, &errb); code != 0 ||
+		!strings.Contains(out.String(), "imapgw backends [list] | drain NAME [-kick] | undrain NAME") ||
+		!strings.Contains(out.String(), "imapgw users  where USER | move USER NAME | kick USER") {
+		t.Errorf("imapgw -h = %d:\n%s", code, out.String())
+	}
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"backends", "bogus"}, `unknown command "bogus"`},
+		{[]string{"backends", "drain"}, "want 1 argument(s), got 0"},
+		{[]string{"backends", "undrain", "a", "b"}, "want 1 argument(s), got 2"},
+		{[]string{"users"}, "imapgw users where USER"},
+		{[]string{"users", "move", "alice"}, "want 2 argument(s), got 1"},
+		{[]string{"users", "where"}, "want 1 argument(s), got 0"},
+		{[]string{"users", "kick", "-bogus", "alice"}, "flag provided but not defined: -bogus"},
+	}
+	for _, tt := range cases {
+		out.Reset()
+		errb.Reset()
+		if code := run(tt.args, &out, &errb); code != 2 || !strings.Contains(errb.String(), tt.want) {
+			t.Errorf("imapgw %s = %d %q, want 2 and %q", strings.Join(tt.args, " "), code, errb.String(), tt.want)
+		}
+	}
+	for _, args := range [][]string{{"backends", "-h"}, {"users", "help"}} {
+		out.Reset()
+		if code := run(args, &out, &errb); code != 0 || !strings.Contains(out.String(), "Usage:") {
+			t.Errorf("imapgw %s = %d %q", strings.Join(args, " "), code, out.String())
+		}
+	}
+}
