@@ -80,11 +80,20 @@ func (s *session) loggedIn(tag string, c creds, res loginResult, start time.Time
 		out.WriteString(tag + " OK Logged in\r\n")
 	}
 	s.logAuth(c, res.server.Name, outcomeOK, "", start)
+	// The pool learns of the session before the client hears OK, so that a
+	// drain -kick, move or kick arriving meanwhile finds it and closes both
+	// sockets (the write below or the relay then ends at once) instead of
+	// missing a session that starts on a server being emptied.
+	s.mu.Lock()
+	s.peer = res.bc.conn
+	s.mu.Unlock()
+	s.poolEnd = s.srv.pool.SessionStarted(c.mailbox(), res.bc.server, s.closeBy)
 	if err := s.write(out.String()); err != nil {
 		res.bc.conn.Close()
+		s.poolEnd()
 		return false, true
 	}
-	s.startRelay(res.bc, c.mailbox())
+	s.startRelay(res.bc)
 	return true, true
 }
 

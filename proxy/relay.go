@@ -39,10 +39,8 @@ type relay struct {
 // startRelay forwards what either side sent ahead, then starts the two copy
 // goroutines. They are fresh goroutines with small stacks: the session's own
 // goroutine, whose stack grew during the TLS handshake, ends here.
-//
-// The pool learns of the session once both sockets are known, before the relay
-// can end, so that drain -kick, move and kick can close it, and its end.
-func (s *session) startRelay(bc *backendConn, user string) {
+// The pool already knows of the session (loggedIn); relayEnded tells it the end.
+func (s *session) startRelay(bc *backendConn) {
 	ahead := s.rd.BufferedBytes()
 	backAhead, _ := bc.br.Peek(bc.br.Buffered())
 	s.rd = nil
@@ -50,7 +48,6 @@ func (s *session) startRelay(bc *backendConn, user string) {
 	s.mu.Lock()
 	s.state, s.peer = stateRelaying, backend
 	s.mu.Unlock()
-	s.poolEnd = s.srv.pool.SessionStarted(user, bc.server, s.closeBy)
 	s.sendAhead(backend, ahead, &s.bytesIn, s.srv.m.toBackend)
 	s.sendAhead(s.conn, backAhead, &s.bytesOut, s.srv.m.toClient)
 	backend.SetDeadline(time.Time{})
