@@ -230,6 +230,10 @@ func dialListener(t *testing.T, g *gateway, how string) *rawClient {
 // bounds (2 s, 1 MiB) whatever the client does, and a shutdown ends it at once.
 func TestLingerBounded(t *testing.T) {
 	const lingerTime = 2 * time.Second
+	// slack: what a loaded CI machine adds to the gateway's 2 s timer and the
+	// client's own reads (3.2 s was seen with two test runs on 2 cores). The
+	// failure this guards against is a linger with no end (20 s here).
+	const slack = 2 * time.Second
 	be := startDemo(t)
 	g := startGateway(t, be.Addr, nil)
 	tooLong := "a " + strings.Repeat("x", 9000) + "\r\n"
@@ -256,7 +260,7 @@ func TestLingerBounded(t *testing.T) {
 		}
 		d := time.Since(bye)
 		t.Logf("the gateway read for %v after the BYE", d.Round(time.Millisecond))
-		if d > lingerTime+time.Second {
+		if d > lingerTime+slack {
 			t.Errorf("the gateway read for %v after the BYE, want at most %v", d, lingerTime)
 		}
 	})
@@ -271,7 +275,7 @@ func TestLingerBounded(t *testing.T) {
 		waitNoSessions(t, g)
 		d := time.Since(bye)
 		t.Logf("the session lasted %v after the BYE", d.Round(time.Millisecond))
-		if d > lingerTime+time.Second {
+		if d > lingerTime+slack {
 			t.Errorf("the session lasted %v after the BYE, want at most %v", d, lingerTime)
 		}
 	})
