@@ -151,7 +151,7 @@ func addrPort(a net.Addr) netip.AddrPort {
 }
 
 func (c *Conn) greeting() error {
-	line, err := newReplyReader(c.R).next()
+	line, err := NewReplyReader(c.R).Next()
 	if err != nil {
 		return fmt.Errorf("reading greeting: %w", err)
 	}
@@ -171,9 +171,9 @@ func (c *Conn) command(tag, cmd string) error {
 	if _, err := fmt.Fprintf(c.Conn, "%s %s\r\n", tag, cmd); err != nil {
 		return fmt.Errorf("%s: %w", cmd, err)
 	}
-	rr := newReplyReader(c.R)
+	rr := NewReplyReader(c.R)
 	for {
-		line, err := rr.next()
+		line, err := rr.Next()
 		if err != nil {
 			return fmt.Errorf("%s: %w", cmd, err)
 		}

@@ -8,50 +8,52 @@ import (
 	"strings"
 )
 
-// Copied from proxy/response.go (issue 11.3) with the dialer: Dial reads the
-// greeting and the answers to STARTTLS and CAPABILITY within the same bounds.
+// The reply reader serves both the dialer (greeting, STARTTLS, CAPABILITY) and
+// the proxy's login replay: one bounded reader for everything a backend says
+// before the relay (issue 11.3).
 
 // Bounds on what the gateway reads from the backend while it logs in. The
 // backend is trusted to speak IMAP, not to be small or honest: with
 // backend.tls = "none" anyone on the path can answer in its place, and every
 // login in flight holds what it has read (issue 11.3).
 const (
-	// maxReplyBytes bounds everything read in answer to one command (the
+	// MaxReplyBytes bounds everything read in answer to one command (the
 	// greeting, STARTTLS, CAPABILITY or the login), untagged responses and
 	// literals included, and so the bytes one login keeps to forward. The
 	// longest real answers are a CAPABILITY or ID response of well under
 	// 1 KB; 64 KB leaves room for any server and keeps a thousand logins in
 	// flight under 64 MB.
-	maxReplyBytes = 64 << 10
-	// maxReplyLines bounds the responses read in answer to one command. A
+	MaxReplyBytes = 64 << 10
+	// MaxReplyLines bounds the responses read in answer to one command. A
 	// real server sends at most a handful of untagged responses (CAPABILITY,
 	// ID, an ALERT) before its tagged reply; without a bound a backend could
 	// keep a login reading blank or untagged lines until its deadline.
-	maxReplyLines = 64
+	MaxReplyLines = 64
 )
 
 var (
-	errResponseTooLong  = fmt.Errorf("backend response too long (over %d bytes)", maxReplyBytes)
-	errTooManyResponses = fmt.Errorf("backend sent too many responses (over %d)", maxReplyLines)
+	ErrResponseTooLong  = fmt.Errorf("backend response too long (over %d bytes)", MaxReplyBytes)
+	ErrTooManyResponses = fmt.Errorf("backend sent too many responses (over %d)", MaxReplyLines)
 )
 
-// replyReader reads the responses to one command, up to and including its
-// tagged reply, within maxReplyBytes and maxReplyLines in all.
-type replyReader struct {
+// ReplyReader reads the responses to one command, up to and including its
+// tagged reply, within MaxReplyBytes and MaxReplyLines in all.
+type ReplyReader struct {
 	br    *bufio.Reader
 	bytes int // bytes left
 	lines int // responses left
 }
 
-func newReplyReader(br *bufio.Reader) *replyReader {
-	return &replyReader{br: br, bytes: maxReplyBytes, lines: maxReplyLines}
+// NewReplyReader reads the answer to one command from br.
+func NewReplyReader(br *bufio.Reader) *ReplyReader {
+	return &ReplyReader{br: br, bytes: MaxReplyBytes, lines: MaxReplyLines}
 }
 
-// next reads one response, with any literals it carries inlined, without the
+// Next reads one response, with any literals it carries inlined, without the
 // final CRLF.
-func (r *replyReader) next() (string, error) {
+func (r *ReplyReader) Next() (string, error) {
 	if r.lines <= 0 {
-		return "", errTooManyResponses
+		return "", ErrTooManyResponses
 	}
 	r.lines--
 	s, n, err := readResponse(r.br, r.bytes)
@@ -72,7 +74,7 @@ func readResponse(br *bufio.Reader, max int) (string, int, error) {
 			frag, err := br.ReadSlice('\n')
 			read += len(frag)
 			if read > max {
-				return "", read, errResponseTooLong
+				return "", read, ErrResponseTooLong
 			}
 			if errors.Is(err, bufio.ErrBufferFull) {
 				sb.Write(frag)
@@ -115,7 +117,7 @@ func trimCRLF(b []byte) []byte {
 
 // literalSize finds RFC 9051's literal announcement, "{" number ["+"] "}", at
 // the end of line and returns its size, or -1 when the line announces none.
-// A size over room (at most maxReplyBytes) is errResponseTooLong, found while
+// A size over room (at most MaxReplyBytes) is ErrResponseTooLong, found while
 // parsing the digits so that no number of digits can overflow.
 func literalSize(line string, room int) (int, error) {
 	if !strings.HasSuffix(line, "}") {
@@ -135,10 +137,10 @@ func literalSize(line string, room int) (int, error) {
 		if c < '0' || c > '9' {
 			return -1, nil
 		}
-		// n <= room <= maxReplyBytes before this step, so it cannot overflow.
+		// n <= room <= MaxReplyBytes before this step, so it cannot overflow.
 		n = n*10 + int(c-'0')
 		if n > room {
-			return 0, errResponseTooLong
+			return 0, ErrResponseTooLong
 		}
 	}
 	return n, nil

@@ -65,7 +65,8 @@ const (
 )
 
 // Try is asked when credentials arrive, before they go anywhere. It reserves an
-// attempt, or returns a *Refusal when the source is banned by now, when its
+// attempt (none for a login known good for its account from this network), or
+// returns a *Refusal when the source is banned by now, when its
 // failures in source_window plus its logins in flight reach source_failures,
 // when a new account would bring the accounts among them to spray_accounts
 // (accounts the source is known-good for do not count: an office's users are
@@ -102,21 +103,25 @@ func (l *Limiter) TryAt(now time.Time, src netip.Addr, user string) (*Attempt, e
 	if s.len()+f.n >= l.b.SourceFailures {
 		return nil, l.refusal(refusedBudget, false)
 	}
-	if !good && l.sprays(s, f, a.uh) {
+	if good {
+		// A login known good for its account from this network takes no place
+		// in flight: an office behind one NAT logs its users in many at a time,
+		// and a guess is never known good for the account it guesses, so the
+		// budget on guesses holds (the bench's 64 clients from one address hit
+		// this).
+		return a, nil
+	}
+	if l.sprays(s, f, a.uh) {
 		return nil, l.refusal(refusedSpray, false)
 	}
-	if !good {
-		if err := l.tryAccount(now, a.uh); err != nil {
-			return nil, err
-		}
-		a.acct = true
-		l.acctFlights[a.uh]++
+	if err := l.tryAccount(now, a.uh); err != nil {
+		return nil, err
 	}
-	a.held, a.spray = true, !good
+	a.acct = true
+	l.acctFlights[a.uh]++
+	a.held, a.spray = true, true
 	f.n++
-	if a.spray {
-		f.users = append(f.users, a.uh)
-	}
+	f.users = append(f.users, a.uh)
 	l.flights[a.key] = f
 	return a, nil
 }

@@ -84,6 +84,35 @@ func TestTryCountsFailuresAndFlights(t *testing.T) {
 	nilAttempt.Done() // a refused Try's attempt: defer a.Done() must not panic
 }
 
+// TestTryKnownGoodTakesNoPlace: logins known good for their account from this
+// network do not fill the source's budget (an office behind one NAT), while
+// guesses on other accounts are still held to source_failures in flight.
+func TestTryKnownGoodTakesNoPlace(t *testing.T) {
+	l, _ := newTest(t, func(b *conf.Bans, _ *conf.Limits) { b.SourceFailures = 3 }, Options{})
+	src := addr("192.0.2.8")
+	l.SucceededAt(t0.Add(-time.Hour), src, "owner")
+	for i := range 20 {
+		if _, err := l.TryAt(t0, src, "owner"); err != nil {
+			t.Fatalf("TryAt(owner) #%d = %v, want nil: known-good logins take no place", i+1, err)
+		}
+	}
+	for i, u := range []string{"a", "b"} {
+		if _, err := l.TryAt(t0, src, u); err != nil {
+			t.Fatalf("TryAt(%s) #%d = %v, want nil", u, i+1, err)
+		}
+	}
+	if got := l.SourceAt(t0, src).InFlight; got != 2 {
+		t.Errorf("InFlight = %d, want 2 (the guesses only)", got)
+	}
+	failN(l, t0, src, "c", 1) // failures + in flight now reach 3
+	if err := tryErr(l, t0, src, "d"); !errors.Is(err, ErrRefused) {
+		t.Errorf("TryAt(d) = %v, want refused at source_failures", err)
+	}
+	if err := tryErr(l, t0, src, "owner"); !errors.Is(err, ErrRefused) {
+		t.Errorf("TryAt(owner) with the budget taken = %v, want refused", err)
+	}
+}
+
 // TestTrySprayInFlight: accounts in flight count toward spray_accounts, except
 // those the source is known-good for.
 func TestTrySprayInFlight(t *testing.T) {

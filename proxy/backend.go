@@ -117,9 +117,9 @@ func (bc *backendConn) command(tag, cmd string) (status, error) {
 	if _, err := fmt.Fprintf(bc.conn, "%s %s\r\n", tag, cmd); err != nil {
 		return status{}, fmt.Errorf("backend %s: %w", cmd, err)
 	}
-	rr := newReplyReader(bc.br)
+	rr := backend.NewReplyReader(bc.br)
 	for {
-		line, err := rr.next()
+		line, err := rr.Next()
 		if err != nil {
 			return status{}, fmt.Errorf("backend %s: %w", cmd, err)
 		}
@@ -237,9 +237,9 @@ func isQuotable(b []byte) bool {
 // loginReply reads the backend's answer to the login and classifies it.
 func (bc *backendConn) loginReply(rest []string) loginResult {
 	var res loginResult
-	rr := newReplyReader(bc.br)
+	rr := backend.NewReplyReader(bc.br)
 	for {
-		line, err := rr.next()
+		line, err := rr.Next()
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			res.outcome, res.err = outcomeTimeout, errLoginTimeout
 			return res

@@ -8,6 +8,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/imapgw/imapgw/backend"
 )
 
 // responseSeeds are whole backend sides of a login as the gateway sees them:
@@ -54,8 +56,8 @@ var responseSeeds = []string{
 	"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR] hi\r\n* OK {9223372036854775807}\r\n\x00\x00\x00\x00",
 	"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR] hi\r\n* OK {18446744073709551616+}\r\nAAAA",
 	"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR] hi\r\n* OK {-1}\r\n* OK {}\r\n* OK {+5}\r\ngwl OK done\r\n",
-	"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR] hi\r\n" + strings.Repeat("* OK still there\r\n", maxReplyLines+1) + "gwl OK done\r\n",
-	"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR] hi\r\n" + strings.Repeat("+\r\n", maxReplyLines+1),
+	"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR] hi\r\n" + strings.Repeat("* OK still there\r\n", backend.MaxReplyLines+1) + "gwl OK done\r\n",
+	"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR] hi\r\n" + strings.Repeat("+\r\n", backend.MaxReplyLines+1),
 	"* OK hi\r\n* CAPABILITY {60000}\r\nIMAP4rev1 ",
 	"* OK hi\r\n* CAPABILITY\r\n*  CAPABILITY x\r\n* capability AUTH=PLAIN SASL-IR\r\ngwc OK\r\ngwl OK [CAPABILITY] x\r\n",
 	"* OK [CAPABILITY IMAP4rev1] x\r\ngwl OK [CAPABILITY {3}\r\na\r\n] Logged in\r\n",
@@ -65,8 +67,8 @@ var responseSeeds = []string{
 // FuzzResponse feeds arbitrary bytes as everything a backend says during one
 // login, through the gateway's own steps (greeting, CAPABILITY if needed, the
 // login reply, the post-login CAPABILITY). Invariants: no panic; the gateway
-// reads at most maxReplyBytes per command and keeps at most maxReplyLines
-// untagged responses and maxReplyBytes of them; the outcome agrees with the
+// reads at most backend.MaxReplyBytes per command and keeps at most backend.MaxReplyLines
+// untagged responses and backend.MaxReplyBytes of them; the outcome agrees with the
 // reply; the same input gives the same result. No sockets, clocks or shared
 // state: an input's result depends on its bytes only, so every crasher
 // reproduces.
@@ -105,7 +107,7 @@ func replayBackend(t *testing.T, in []byte) replayed {
 	var r replayed
 	defer func() {
 		r.wrote, r.read = w.b.String(), src.n
-		if limit := commandsPerLogin*maxReplyBytes + 4096; r.read > limit {
+		if limit := commandsPerLogin*backend.MaxReplyBytes + 4096; r.read > limit {
 			t.Fatalf("read %d bytes of the backend's %d, want at most %d", r.read, len(in), limit)
 		}
 	}()
@@ -144,8 +146,8 @@ func checkLoginResult(t *testing.T, res loginResult) {
 	for _, u := range res.untagged {
 		kept += len(u)
 	}
-	if len(res.untagged) > maxReplyLines || kept > maxReplyBytes {
-		t.Fatalf("kept %d untagged responses, %d bytes; want at most %d and %d", len(res.untagged), kept, maxReplyLines, maxReplyBytes)
+	if len(res.untagged) > backend.MaxReplyLines || kept > backend.MaxReplyBytes {
+		t.Fatalf("kept %d untagged responses, %d bytes; want at most %d and %d", len(res.untagged), kept, backend.MaxReplyLines, backend.MaxReplyBytes)
 	}
 	switch res.outcome {
 	case outcomeOK, outcomeFailed, outcomeRejected:
@@ -194,7 +196,7 @@ func (c *recordConn) Write(p []byte) (int, error) {
 // backend; FuzzResponse keeps feeding the whole login's replies through one
 // reader, so it reads the greeting here the same way).
 func (bc *backendConn) greeting() error {
-	line, err := readOneResponse(bc.br)
+	line, err := backend.NewReplyReader(bc.br).Next()
 	if err != nil {
 		return fmt.Errorf("reading backend greeting: %w", err)
 	}

@@ -1,4 +1,4 @@
-package proxy
+package backend
 
 import (
 	"bufio"
@@ -9,7 +9,7 @@ import (
 )
 
 // TestReadResponse: literals are inlined, and every size a hostile backend can
-// announce stays within maxReplyBytes without overflowing the check (issue 11.3).
+// announce stays within MaxReplyBytes without overflowing the check (issue 11.3).
 func TestReadResponse(t *testing.T) {
 	long := strings.Repeat("x", 5000) // longer than the bufio buffer: read in fragments
 	cases := []struct {
@@ -29,32 +29,32 @@ func TestReadResponse(t *testing.T) {
 		{"* OK {5 }\r\n", "* OK {5 }", nil},
 		{"* OK {0x10}\r\n", "* OK {0x10}", nil},
 		// Sizes no reply may have, up to and past the int64 range.
-		{"* OK {65536}\r\n", "", errResponseTooLong},
-		{"* OK {2147483648}\r\n", "", errResponseTooLong},
-		{"* OK {9223372036854775807}\r\n", "", errResponseTooLong},
-		{"* OK {9223372036854775808}\r\n", "", errResponseTooLong},
-		{"* OK {18446744073709551616+}\r\n", "", errResponseTooLong},
-		{"* OK {" + strings.Repeat("9", 400) + "}\r\n", "", errResponseTooLong},
+		{"* OK {65536}\r\n", "", ErrResponseTooLong},
+		{"* OK {2147483648}\r\n", "", ErrResponseTooLong},
+		{"* OK {9223372036854775807}\r\n", "", ErrResponseTooLong},
+		{"* OK {9223372036854775808}\r\n", "", ErrResponseTooLong},
+		{"* OK {18446744073709551616+}\r\n", "", ErrResponseTooLong},
+		{"* OK {" + strings.Repeat("9", 400) + "}\r\n", "", ErrResponseTooLong},
 		{"* OK {00000000000000000000000000003}\r\nabc\r\n", "* OK {00000000000000000000000000003}\r\nabc", nil},
 		// A line with no end, and a literal announced in a line's last fragment.
-		{"* OK " + strings.Repeat("x", maxReplyBytes), "", errResponseTooLong},
-		{"* OK " + strings.Repeat("x", maxReplyBytes-20) + " {30}\r\n", "", errResponseTooLong},
+		{"* OK " + strings.Repeat("x", MaxReplyBytes), "", ErrResponseTooLong},
+		{"* OK " + strings.Repeat("x", MaxReplyBytes-20) + " {30}\r\n", "", ErrResponseTooLong},
 		// Cut short.
 		{"* OK {10}\r\nabc", "", io.ErrUnexpectedEOF},
 		{"* OK no end", "", io.EOF},
 	}
 	for _, tc := range cases {
 		br := bufio.NewReaderSize(strings.NewReader(tc.in), 4096)
-		got, err := readOneResponse(br)
+		got, err := NewReplyReader(br).Next()
 		if got != tc.want || !errors.Is(err, tc.wantErr) {
-			t.Errorf("readOneResponse(%.60q) = %.60q, %v, want %.60q, %v", tc.in, got, err, tc.want, tc.wantErr)
+			t.Errorf("NewReplyReader(%.60q).Next() = %.60q, %v, want %.60q, %v", tc.in, got, err, tc.want, tc.wantErr)
 		}
 	}
 }
 
 // TestReplyReaderBounds: the responses to one command are bounded in number and
 // in bytes together, so neither endless untagged lines nor many long ones
-// make a login keep more than maxReplyBytes.
+// make a login keep more than MaxReplyBytes.
 func TestReplyReaderBounds(t *testing.T) {
 	cases := []struct {
 		name    string
@@ -62,20 +62,20 @@ func TestReplyReaderBounds(t *testing.T) {
 		wantErr error
 		within  int // responses read before the error
 	}{
-		{"blank lines", "\r\n", errTooManyResponses, maxReplyLines},
-		{"untagged", "* OK still here\r\n", errTooManyResponses, maxReplyLines},
-		{"continuations", "+\r\n", errTooManyResponses, maxReplyLines},
-		{"long untagged", "* OK " + strings.Repeat("y", 10000) + "\r\n", errResponseTooLong, maxReplyBytes / 10000},
-		{"literals", "* X {8000}\r\n" + strings.Repeat("z", 8000) + "\r\n", errResponseTooLong, maxReplyBytes / 8000},
+		{"blank lines", "\r\n", ErrTooManyResponses, MaxReplyLines},
+		{"untagged", "* OK still here\r\n", ErrTooManyResponses, MaxReplyLines},
+		{"continuations", "+\r\n", ErrTooManyResponses, MaxReplyLines},
+		{"long untagged", "* OK " + strings.Repeat("y", 10000) + "\r\n", ErrResponseTooLong, MaxReplyBytes / 10000},
+		{"literals", "* X {8000}\r\n" + strings.Repeat("z", 8000) + "\r\n", ErrResponseTooLong, MaxReplyBytes / 8000},
 	}
 	for _, tc := range cases {
-		in := strings.Repeat(tc.line, maxReplyLines+10) + "gwl OK done\r\n"
-		rr := newReplyReader(bufio.NewReaderSize(strings.NewReader(in), 4096))
+		in := strings.Repeat(tc.line, MaxReplyLines+10) + "gwl OK done\r\n"
+		rr := NewReplyReader(bufio.NewReaderSize(strings.NewReader(in), 4096))
 		n, kept := 0, 0
 		var err error
 		for {
 			var l string
-			if l, err = rr.next(); err != nil {
+			if l, err = rr.Next(); err != nil {
 				break
 			}
 			n++
@@ -84,8 +84,8 @@ func TestReplyReaderBounds(t *testing.T) {
 		if !errors.Is(err, tc.wantErr) || n > tc.within {
 			t.Errorf("%s: %d responses, then %v, want at most %d, then %v", tc.name, n, err, tc.within, tc.wantErr)
 		}
-		if kept > maxReplyBytes {
-			t.Errorf("%s: %d bytes returned, want at most %d", tc.name, kept, maxReplyBytes)
+		if kept > MaxReplyBytes {
+			t.Errorf("%s: %d bytes returned, want at most %d", tc.name, kept, MaxReplyBytes)
 		}
 	}
 }
