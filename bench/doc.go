@@ -21,9 +21,14 @@ func report(opt options, r *results, m machine, took time.Duration) string {
 	fmt.Fprintf(&b, "Medians of %d round(s); ratios are imapgw over the other proxy in the same run\n", opt.rounds)
 	b.WriteString("(above 1 is better for imapgw on rates, below 1 on latency, CPU and memory).\n\n")
 	b.WriteString(comparisonTable(r))
+	if opt.pool {
+		b.WriteString("\n## imapgw through a pool of three backend servers\n\n")
+		b.WriteString(poolTable(r, opt))
+	}
 	b.WriteString("\n## A banned source flooding imapgw\n\n")
 	b.WriteString("Only imapgw: HAProxy cannot tell a failed login, and nginx leaves the decision to the\n")
-	b.WriteString("auth_http server one writes. The source failed 3 logins (`bans.source_failures = 3`) and\n")
+	b.WriteString("auth_http server one writes. The source failed 16 logins (`bans.source_failures = 16`, above the 8 logins\n")
+	b.WriteString("in flight per legitimate source at 64 clients, which count against it) and\n")
 	b.WriteString("was banned; it then opens bare TCP connections as fast as it can, which imapgw closes\n")
 	b.WriteString("at accept, before any TLS. CPU is imapgw's user+system time over the measurement,\n")
 	b.WriteString("divided by the operations done.\n\n")
@@ -76,6 +81,10 @@ func setup(opt options, r *results, took time.Duration) string {
 	fmt.Fprintf(&b, "- Idle memory: the proxy's resident memory (VmRSS summed over all its processes) with\n")
 	fmt.Fprintf(&b, "  %d logged-in sessions in IDLE, %v after the last one opened, minus the same before\n", opt.idle, opt.settle)
 	b.WriteString("  they opened, divided by their number. Measured first in each round, after the warm-up.\n")
+	if r.loadStart != "" {
+		fmt.Fprintf(&b, "- Load average (1, 5, 15 min) at the start: %s; at the end: %s. Other engineers'\n", r.loadStart, loadAverage())
+		b.WriteString("  tests may run on the machine meanwhile.\n")
+	}
 	if o := r.all("machine", "others"); len(o) > 0 {
 		mean, most := 0.0, 0.0
 		for _, v := range o {

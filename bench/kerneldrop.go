@@ -74,7 +74,7 @@ func (b *bench) kernelDrop(g *imapgwPeer) error {
 // that its next connect times out: the kernel dropped the SYN.
 func (b *bench) banDropped(g peer) error {
 	at := b.target(g, bannedSource)
-	for i := range 3 {
+	for i := range sourceFailures {
 		s, err := at.Open()
 		if err != nil {
 			return fmt.Errorf("banning %v: connection %d: %w", bannedSource, i+1, err)
@@ -99,7 +99,7 @@ func (b *bench) banDropped(g peer) error {
 		last = err
 		time.Sleep(10 * time.Millisecond)
 	}
-	return fmt.Errorf("%v after 3 failed logins with bans.firewall: connect not dropped (%v)", bannedSource, last)
+	return fmt.Errorf("%v after %d failed logins with bans.firewall: connect not dropped (%v)", bannedSource, sourceFailures, last)
 }
 
 var counterRE = regexp.MustCompile(`counter packets (\d+)`)

@@ -38,6 +38,7 @@ type options struct {
 	peers   string
 	perfDir string // record imapgw with perf into this directory
 	flood   bool
+	pool    bool
 }
 
 func parseFlags(args []string) (options, error) {
@@ -52,6 +53,7 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.gwBin, "imapgw", "", "imapgw binary to test (default: build ./cmd/imapgw)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the scratch directory (configs and logs)")
 	fs.StringVar(&o.peers, "peers", "imapgw,HAProxy,nginx", "proxies to measure, comma-separated")
+	fs.BoolVar(&o.pool, "pool", true, "measure imapgw through three backend servers against one")
 	fs.BoolVar(&o.flood, "flood", true, "measure imapgw against a banned source's flood")
 	fs.DurationVar(&o.settle, "settle", 3*time.Second, "pause between opening the idle sessions and reading RSS")
 	fs.StringVar(&o.perfDir, "perf", "", "record imapgw with `perf record -g` during each measurement into this directory")
@@ -123,10 +125,18 @@ func run(opt options) error {
 		return err
 	}
 	b := &bench{opt: opt, res: newResults(), backend: be}
+	b.res.loadStart = loadAverage()
 	m := describeMachine(peers)
 	for round := range opt.rounds {
 		if err := b.round(rotate(peers, round), round+1); err != nil {
 			return err
+		}
+	}
+	for _, p := range peers {
+		if p.name() == nameImapgw && opt.pool {
+			if err := b.pool(p.(*imapgwPeer)); err != nil {
+				return fmt.Errorf("pool: %w", err)
+			}
 		}
 	}
 	for _, p := range peers {

@@ -28,7 +28,7 @@ func TestImapgwConfigLoads(t *testing.T) {
 	}{
 		{"listen address", c.Listen[0].Address, "127.0.0.1:1993"},
 		{"bans.allow", len(c.Bans.Allow), 0},
-		{"bans.source_failures", c.Bans.SourceFailures, 3},
+		{"bans.source_failures", c.Bans.SourceFailures, sourceFailures},
 		{"bans.failure_delay", c.Bans.FailureDelay.Duration.String(), "0s"},
 		{"backend.servers", c.Backend.Servers[0], "127.0.0.1:1143"},
 		{"limits.max_connections_per_source", c.Limits.MaxConnectionsPerSource, 21024},

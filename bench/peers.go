@@ -109,7 +109,9 @@ func (l *listenPeer) run(args ...string) error {
 // imapgwPeer is the gateway, built from this repository.
 type imapgwPeer struct {
 	listenPeer
-	firewall string // when set, bans.firewall = "nftables" with this table (kerneldrop.go)
+	firewall string   // when set, bans.firewall = "nftables" with this table (kerneldrop.go)
+	tag      string   // appended to the scratch directory's name, so two instances can run at once
+	pool     []string // when set, these servers in the [[backend.server]] long form, route = "user" (pool.go)
 }
 
 func (g *imapgwPeer) name() string { return nameImapgw }
@@ -117,11 +119,14 @@ func (g *imapgwPeer) name() string { return nameImapgw }
 func (g *imapgwPeer) version() string { return firstLine(g.bin, "version") }
 
 func (g *imapgwPeer) start() error {
-	if err := g.prepare("imapgw"); err != nil {
+	if err := g.prepare("imapgw" + g.tag); err != nil {
 		return err
 	}
 	cfg := filepath.Join(g.dir, "imapgw.toml")
 	text := imapgwConfig(g.env, g.dir, g.port)
+	if g.pool != nil {
+		text = strings.Replace(text, fmt.Sprintf("servers = [%q]\nclient_ip = \"id\"\n", g.env.backend), poolConfig(g.pool), 1)
+	}
 	if g.firewall != "" {
 		text = strings.Replace(text, "[bans]\n", fmt.Sprintf("[bans]\nfirewall = \"nftables\"\nfirewall_table = %q\nfirewall_cleanup = true\n", g.firewall), 1)
 	}
@@ -138,8 +143,10 @@ func (g *imapgwPeer) stop() error { return g.p.stop(syscall.SIGTERM) }
 
 // imapgwConfig: legitimate load comes from several loopback addresses that are
 // NOT in bans.allow, so the policy does its full work on every connection; the
-// limits are raised so that it never refuses them. A source fails 3 logins and
-// is banned, with no delay, for the flood test.
+// limits are raised so that it never refuses them. bans.source_failures counts
+// failed and pending logins, so it stays above the 8 logins in flight per source
+// of 64 clients; the flood test's source fails that many logins and is banned,
+// with no delay.
 func imapgwConfig(e *env, dir string, port int) string {
 	return fmt.Sprintf(`# Written by the benchmark (bench/peers.go).
 [server]
@@ -167,7 +174,7 @@ connection_rate = 1000000.0
 
 [bans]
 allow = []
-source_failures = 3
+source_failures = %d
 failure_delay = "0s"
 
 [admin]
@@ -175,7 +182,7 @@ address = ""
 
 [log]
 level = "warn"
-`, benchHost, filepath.Join(dir, "state"), port, e.cert.cert, e.cert.key, e.backend, e.maxConns, e.maxConns)
+`, benchHost, filepath.Join(dir, "state"), port, e.cert.cert, e.cert.key, e.backend, e.maxConns, e.maxConns, sourceFailures)
 }
 
 // haproxyPeer is HAProxy in TCP mode terminating TLS.

@@ -2,7 +2,9 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"slices"
+	"strings"
 	"sync"
 )
 
@@ -13,6 +15,18 @@ type results struct {
 	vals  map[string]map[string][]float64
 	tls   map[string]string // peer → negotiated version, suite, group
 	notes []string
+	// loadStart is /proc/loadavg's first three fields when the run began.
+	loadStart string
+}
+
+// loadAverage is the machine's 1, 5 and 15 minute load average.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(b))
+	if err != nil || len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], ", ")
 }
 
 func newResults() *results {

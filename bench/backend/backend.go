@@ -21,6 +21,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"sync/atomic"
 )
 
 // Capabilities before and after login.
@@ -44,7 +45,9 @@ var (
 // Server serves IMAP sessions on a listener until Close.
 type Server struct {
 	user, password []byte
-	fetch          []byte // the whole untagged FETCH response: built once
+	fetch          []byte          // the whole untagged FETCH response: built once
+	others         map[string]bool // more users with the same password (AddUsers)
+	logins         atomic.Int64
 
 	mu     sync.Mutex
 	ln     net.Listener
@@ -75,6 +78,20 @@ func (s *Server) Listen(addr string) error {
 	go s.serve(ln)
 	return nil
 }
+
+// AddUsers accepts these users too, with the same password, so that a pool
+// benchmark can spread distinct users over several servers. Call it before Listen.
+func (s *Server) AddUsers(users ...string) {
+	if s.others == nil {
+		s.others = map[string]bool{}
+	}
+	for _, u := range users {
+		s.others[u] = true
+	}
+}
+
+// Logins reports how many logins succeeded so far.
+func (s *Server) Logins() int64 { return s.logins.Load() }
 
 // Addr is the listening address, host:port.
 func (s *Server) Addr() string { return s.ln.Addr().String() }
@@ -264,8 +281,10 @@ func (c *conn) loginResult(tag string, user, password []byte) {
 		c.printf("%s BAD already logged in\r\n", tag)
 		return
 	}
-	if subtle.ConstantTimeCompare(user, c.s.user) == 1 && subtle.ConstantTimeCompare(password, c.s.password) == 1 {
+	known := subtle.ConstantTimeCompare(user, c.s.user) == 1 || c.s.others[string(user)]
+	if known && subtle.ConstantTimeCompare(password, c.s.password) == 1 {
 		c.authed = true
+		c.s.logins.Add(1)
 		c.printf("%s OK [CAPABILITY %s] Logged in\r\n", tag, authedCaps)
 		return
 	}

@@ -147,3 +147,27 @@ func TestCloseEndsSessions(t *testing.T) {
 		t.Fatalf("Sessions() after Close = %d, want 0", n)
 	}
 }
+
+// TestAddUsers: added users log in with the shared password, others do not,
+// and Logins counts only the successes.
+func TestAddUsers(t *testing.T) {
+	s := New(testUser, "secret", nil)
+	s.AddUsers("user01@bench.localhost", "user02@bench.localhost")
+	if err := s.Listen("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	for _, tc := range []struct{ user, pass, want string }{
+		{"user01@bench.localhost", "secret", "a OK"},
+		{"bench", "secret", "a OK"},
+		{"user03@bench.localhost", "secret", "a NO [AUTHENTICATIONFAILED]"},
+		{"user02@bench.localhost", "wrong", "a NO [AUTHENTICATIONFAILED]"},
+	} {
+		c := dial(t, s)
+		c.send("a LOGIN \"" + tc.user + "\" " + tc.pass + "\r\n")
+		c.expect(tc.want)
+	}
+	if n := s.Logins(); n != 2 {
+		t.Errorf("Logins() = %d, want 2", n)
+	}
+}

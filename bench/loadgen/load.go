@@ -26,7 +26,7 @@ func (t *Target) LoginCycle() error {
 		return err
 	}
 	defer s.Close()
-	if err := s.Login(t.User, t.Password); err != nil {
+	if err := s.Login(t.user(), t.Password); err != nil {
 		return err
 	}
 	return s.Logout()

@@ -25,10 +25,20 @@ type Target struct {
 	TLS      *tls.Config  // nil: plain TCP; its ClientSessionCache must stay nil for full handshakes
 	Sources  []netip.Addr // local addresses, taken in turn per connection; none: the kernel's choice
 	User     string
+	Users    []string // when set, LoginCycle takes these in turn instead of User
 	Password string
 	Timeout  time.Duration // bound on each step (dial, handshake, each reply); 0: 10s
 
-	next atomic.Uint64
+	next     atomic.Uint64
+	nextUser atomic.Uint64
+}
+
+// user is the account of the next login cycle.
+func (t *Target) user() string {
+	if len(t.Users) == 0 {
+		return t.User
+	}
+	return t.Users[t.nextUser.Add(1)%uint64(len(t.Users))]
 }
 
 func (t *Target) timeout() time.Duration {
