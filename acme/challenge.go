@@ -150,11 +150,12 @@ func (l *challengeListener) take(c net.Conn) net.Conn {
 // refuse resets c (no FIN exchange, no TIME_WAIT), counts it and logs it:
 // each one at debug level, a full listener once per fullLogInterval at warn.
 func (l *challengeListener) refuse(c net.Conn, outcome string, err error) {
+	// Counted before the close: whoever sees the reset then sees the count.
+	l.m.challenges.WithLabelValues(l.challenge, outcome).Inc()
 	if tc, ok := c.(*net.TCPConn); ok {
 		_ = tc.SetLinger(0)
 	}
 	_ = c.Close()
-	l.m.challenges.WithLabelValues(l.challenge, outcome).Inc()
 	if l.log.Enabled(context.Background(), slog.LevelDebug) {
 		reason := "listener at its connection cap"
 		if err != nil {

@@ -66,11 +66,12 @@ func (l *listener) admit(raw, c net.Conn, client netip.AddrPort) {
 	if err != nil {
 		// A reset rather than an orderly close: no FIN exchange, no TIME_WAIT,
 		// the least work a refused (often flooding) source can cost.
+		// Counted before the close: whoever sees the reset then sees the count.
+		l.refused(client, err)
 		if tc, ok := raw.(*net.TCPConn); ok {
 			tc.SetLinger(0)
 		}
 		raw.Close()
-		l.refused(client, err)
 		return
 	}
 	l.start(raw, c, client, release)
@@ -126,12 +127,12 @@ func (l *listener) fromTrustedProxy(c net.Conn) bool {
 	if containsAddr(l.srv.Config().Server.TrustedProxies, peer) {
 		return true
 	}
+	addr := l.cfg.Load().Address
+	l.srv.m.connections.WithLabelValues(addr, outcomeUntrustedProxy).Inc() // before the close, as in admit
 	if tc, ok := c.(*net.TCPConn); ok {
 		tc.SetLinger(0) // as for other refusals: no FIN exchange, no TIME_WAIT
 	}
 	c.Close()
-	addr := l.cfg.Load().Address
-	l.srv.m.connections.WithLabelValues(addr, outcomeUntrustedProxy).Inc()
 	if log, n := l.srv.untrusted.note(peer, time.Now()); log {
 		l.srv.log.Warn("connections from a peer not in server.trusted_proxies to a proxy_protocol listener: closed",
 			"peer", peer.String(), "listener", addr, "connections", n)
