@@ -155,12 +155,12 @@ func (c *Conn) greeting() error {
 	if err != nil {
 		return fmt.Errorf("reading greeting: %w", err)
 	}
-	st := parseStatus(line)
-	if st.tag != "*" || st.kind != "OK" {
+	st := ParseReply(line)
+	if st.Tag != "*" || st.Kind != "OK" {
 		return fmt.Errorf("%w: greeting %q", ErrBackend, sanitize(line, 120))
 	}
-	if st.code == "CAPABILITY" {
-		c.Caps = strings.Fields(st.args)
+	if st.Code == "CAPABILITY" {
+		c.Caps = strings.Fields(st.Args)
 	}
 	return nil
 }
@@ -177,16 +177,16 @@ func (c *Conn) command(tag, cmd string) error {
 		if err != nil {
 			return fmt.Errorf("%s: %w", cmd, err)
 		}
-		st := parseStatus(line)
+		st := ParseReply(line)
 		switch {
-		case st.tag == tag && st.kind != "OK":
+		case st.Tag == tag && st.Kind != "OK":
 			return fmt.Errorf("%w: %s: %s", ErrBackend, cmd, sanitize(st.String(), 120))
-		case st.tag == tag:
+		case st.Tag == tag:
 			return nil
-		case st.tag == "*" && st.kind == "CAPABILITY":
+		case st.Tag == "*" && st.Kind == "CAPABILITY":
 			c.Caps = strings.Fields(line)[2:]
-		case st.tag == "*" && st.kind == "BYE":
-			return fmt.Errorf("%w: BYE %s", ErrBackend, sanitize(st.text, 120))
+		case st.Tag == "*" && st.Kind == "BYE":
+			return fmt.Errorf("%w: BYE %s", ErrBackend, sanitize(st.Text, 120))
 		}
 	}
 }

@@ -146,41 +146,42 @@ func literalSize(line string, room int) (int, error) {
 	return n, nil
 }
 
-// status is a parsed status response: "tag OK [CODE args] text".
-type status struct {
-	tag  string // "*" for untagged, "+" for a continuation request
-	kind string // OK, NO, BAD, BYE, PREAUTH, or the untagged response name
-	code string // the response code's name, upper-cased, without brackets
-	args string // the response code's arguments
-	text string
+// Reply is a parsed status response: "tag OK [CODE args] text".
+type Reply struct {
+	Tag  string // "*" for untagged, "+" for a continuation request
+	Kind string // OK, NO, BAD, BYE, PREAUTH, or the untagged response name
+	Code string // the response code's name, upper-cased, without brackets
+	Args string // the response code's arguments
+	Text string
 }
 
-func parseStatus(line string) status {
-	var st status
-	st.tag, line, _ = strings.Cut(line, " ")
-	if st.tag == "+" {
-		st.text = line
+// ParseReply parses a status response line (without its CRLF).
+func ParseReply(line string) Reply {
+	var st Reply
+	st.Tag, line, _ = strings.Cut(line, " ")
+	if st.Tag == "+" {
+		st.Text = line
 		return st
 	}
-	st.kind, line, _ = strings.Cut(line, " ")
-	st.kind = strings.ToUpper(st.kind)
+	st.Kind, line, _ = strings.Cut(line, " ")
+	st.Kind = strings.ToUpper(st.Kind)
 	if strings.HasPrefix(line, "[") {
 		if end := strings.IndexByte(line, ']'); end > 0 {
 			code := line[1:end]
-			st.code, st.args, _ = strings.Cut(code, " ")
-			st.code = strings.ToUpper(st.code)
+			st.Code, st.Args, _ = strings.Cut(code, " ")
+			st.Code = strings.ToUpper(st.Code)
 			line = strings.TrimPrefix(line[end+1:], " ")
 		}
 	}
-	st.text = line
+	st.Text = line
 	return st
 }
 
-func (st status) String() string {
-	if st.code != "" {
-		return fmt.Sprintf("%s [%s] %s", st.kind, st.code, st.text)
+func (st Reply) String() string {
+	if st.Code != "" {
+		return fmt.Sprintf("%s [%s] %s", st.Kind, st.Code, st.Text)
 	}
-	return st.kind + " " + st.text
+	return st.Kind + " " + st.Text
 }
 
 // sanitize makes text from a peer safe to log or to repeat to the client: no

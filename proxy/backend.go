@@ -125,15 +125,15 @@ func (bc *backendConn) command(tag, cmd string) (status, error) {
 		}
 		st := parseStatus(line)
 		switch {
-		case st.tag == tag:
-			if st.kind != "OK" {
+		case st.Tag == tag:
+			if st.Kind != "OK" {
 				return st, fmt.Errorf("%w: %s: %s", errBackend, cmd, sanitize(st.String(), 120))
 			}
 			return st, nil
-		case st.tag == "*" && st.kind == "CAPABILITY":
+		case st.Tag == "*" && st.Kind == "CAPABILITY":
 			bc.caps = strings.Fields(line)[2:]
-		case st.tag == "*" && st.kind == "BYE":
-			return st, fmt.Errorf("%w: BYE %s", errBackend, sanitize(st.text, 120))
+		case st.Tag == "*" && st.Kind == "BYE":
+			return st, fmt.Errorf("%w: BYE %s", errBackend, sanitize(st.Text, 120))
 		}
 	}
 }
@@ -250,7 +250,7 @@ func (bc *backendConn) loginReply(rest []string) loginResult {
 		}
 		st := parseStatus(line)
 		switch {
-		case st.tag == "+":
+		case st.Tag == "+":
 			if len(rest) == 0 {
 				bc.conn.Write([]byte("*\r\n")) // cancel: nothing more to send
 				continue
@@ -260,22 +260,22 @@ func (bc *backendConn) loginReply(rest []string) loginResult {
 				return res
 			}
 			rest = rest[1:]
-		case st.tag == "*":
+		case st.Tag == "*":
 			bc.untagged(&res, st, line)
-			if st.kind == "BYE" {
-				res.outcome, res.err = outcomeUnavailable, fmt.Errorf("%w: BYE %s", errBackend, sanitize(st.text, 120))
+			if st.Kind == "BYE" {
+				res.outcome, res.err = outcomeUnavailable, fmt.Errorf("%w: BYE %s", errBackend, sanitize(st.Text, 120))
 				return res
 			}
-		case st.tag == "gwi":
+		case st.Tag == "gwi":
 			// ID refused: the login goes on without the client's address.
-		case st.tag == "gwl":
+		case st.Tag == "gwl":
 			res.st = st
 			res.outcome = classify(st)
 			if res.outcome == outcomeUnavailable {
 				res.err = fmt.Errorf("%w: %s", errBackend, sanitize(st.String(), 120))
 			}
-			if st.code == "CAPABILITY" {
-				res.caps = st.args
+			if st.Code == "CAPABILITY" {
+				res.caps = st.Args
 			}
 			return res
 		}
@@ -283,7 +283,7 @@ func (bc *backendConn) loginReply(rest []string) loginResult {
 }
 
 func (bc *backendConn) untagged(res *loginResult, st status, line string) {
-	switch st.kind {
+	switch st.Kind {
 	case "CAPABILITY":
 		res.caps = strings.TrimSpace(line[len("* CAPABILITY"):])
 	case "ID", "BYE":
@@ -305,17 +305,17 @@ func (bc *backendConn) untagged(res *loginResult, st status, line string) {
 // connected.", answers the commands after a successful login; were it the
 // login's answer, it is a BAD: unavailable like every BAD.)
 func classify(st status) string {
-	switch st.kind {
+	switch st.Kind {
 	case "OK":
 		return outcomeOK
 	case "NO":
-		if st.code == "" && codelessUnavailable(st.text) {
+		if st.Code == "" && codelessUnavailable(st.Text) {
 			return outcomeUnavailable
 		}
-		if st.code == "" || st.code == "AUTHENTICATIONFAILED" {
+		if st.Code == "" || st.Code == "AUTHENTICATIONFAILED" {
 			return outcomeFailed
 		}
-		if st.code == "UNAVAILABLE" || st.code == "SERVERBUG" {
+		if st.Code == "UNAVAILABLE" || st.Code == "SERVERBUG" {
 			return outcomeUnavailable
 		}
 		return outcomeRejected

@@ -65,7 +65,7 @@ func TestClassify(t *testing.T) {
 
 func TestParseStatus(t *testing.T) {
 	st := parseStatus("a1 ok [CAPABILITY IMAP4rev1 IDLE] Logged in")
-	want := status{tag: "a1", kind: "OK", code: "CAPABILITY", args: "IMAP4rev1 IDLE", text: "Logged in"}
+	want := status{Tag: "a1", Kind: "OK", Code: "CAPABILITY", Args: "IMAP4rev1 IDLE", Text: "Logged in"}
 	if st != want {
 		t.Errorf("parseStatus = %+v, want %+v", st, want)
 	}

@@ -151,7 +151,7 @@ func checkLoginResult(t *testing.T, res loginResult) {
 	}
 	switch res.outcome {
 	case outcomeOK, outcomeFailed, outcomeRejected:
-		if res.st.tag != "gwl" || res.err != nil {
+		if res.st.Tag != "gwl" || res.err != nil {
 			t.Fatalf("outcome %s from %+v, err %v: want the login's tagged reply and no error", res.outcome, res.st, res.err)
 		}
 	case outcomeUnavailable:
@@ -161,8 +161,8 @@ func checkLoginResult(t *testing.T, res loginResult) {
 	default:
 		t.Fatalf("outcome %q", res.outcome)
 	}
-	if res.outcome == outcomeOK && res.st.kind != "OK" || res.outcome == outcomeFailed && res.st.kind != "NO" {
-		t.Fatalf("outcome %s from a tagged %s", res.outcome, res.st.kind)
+	if res.outcome == outcomeOK && res.st.Kind != "OK" || res.outcome == outcomeFailed && res.st.Kind != "NO" {
+		t.Fatalf("outcome %s from a tagged %s", res.outcome, res.st.Kind)
 	}
 }
 
@@ -201,11 +201,11 @@ func (bc *backendConn) greeting() error {
 		return fmt.Errorf("reading backend greeting: %w", err)
 	}
 	st := parseStatus(line)
-	if st.tag != "*" || st.kind != "OK" {
+	if st.Tag != "*" || st.Kind != "OK" {
 		return fmt.Errorf("%w: greeting %q", errBackend, sanitize(line, 120))
 	}
-	if st.code == "CAPABILITY" {
-		bc.caps = strings.Fields(st.args)
+	if st.Code == "CAPABILITY" {
+		bc.caps = strings.Fields(st.Args)
 	}
 	return nil
 }

@@ -43,7 +43,7 @@ func (s *session) tryLogin(tag string, c creds) (relaying, done bool) {
 		return false, s.loginFailed(tag, c, server, res, att, start)
 	case outcomeRejected:
 		s.logAuth(c, server, res.outcome, res.st.String(), start)
-		s.writef("%s NO [%s] %s\r\n", tag, sanitize(res.st.code, 40), sanitize(res.st.text, 200))
+		s.writef("%s NO [%s] %s\r\n", tag, sanitize(res.st.Code, 40), sanitize(res.st.Text, 200))
 	default:
 		outcome, reason := outcomeUnavailable, "backend error"
 		if res.outcome == outcomeTimeout {

@@ -1,49 +1,18 @@
 package proxy
 
 import (
-	"fmt"
 	"strings"
+
+	"github.com/imapgw/imapgw/backend"
 )
 
 // Backend replies are read with backend.ReplyReader (bounded, issue 11.3);
 // what they mean for a login is decided here.
 
-// status is a parsed status response: "tag OK [CODE args] text".
-type status struct {
-	tag  string // "*" for untagged, "+" for a continuation request
-	kind string // OK, NO, BAD, BYE, PREAUTH, or the untagged response name
-	code string // the response code's name, upper-cased, without brackets
-	args string // the response code's arguments
-	text string
-}
+// status is a backend's status response, parsed by the backend package.
+type status = backend.Reply
 
-func parseStatus(line string) status {
-	var st status
-	st.tag, line, _ = strings.Cut(line, " ")
-	if st.tag == "+" {
-		st.text = line
-		return st
-	}
-	st.kind, line, _ = strings.Cut(line, " ")
-	st.kind = strings.ToUpper(st.kind)
-	if strings.HasPrefix(line, "[") {
-		if end := strings.IndexByte(line, ']'); end > 0 {
-			code := line[1:end]
-			st.code, st.args, _ = strings.Cut(code, " ")
-			st.code = strings.ToUpper(st.code)
-			line = strings.TrimPrefix(line[end+1:], " ")
-		}
-	}
-	st.text = line
-	return st
-}
-
-func (st status) String() string {
-	if st.code != "" {
-		return fmt.Sprintf("%s [%s] %s", st.kind, st.code, st.text)
-	}
-	return st.kind + " " + st.text
-}
+var parseStatus = backend.ParseReply
 
 // sanitize makes text from a peer safe to log or to repeat to the client: no
 // control characters and a bounded length.
