@@ -80,16 +80,7 @@ func TestSlowloris(t *testing.T) {
 	// The TLS handshake is bounded as a whole by preauth_timeout.
 	for _, starttls := range []bool{false, true} {
 		t.Run(fmt.Sprintf("TLS handshake, STARTTLS %v", starttls), func(t *testing.T) {
-			var conn net.Conn
-			if starttls {
-				c := dialRaw(t, g.starttls, nil)
-				greeting(t, c)
-				c.send("s STARTTLS\r\n")
-				c.expect("s OK")
-				conn = c.conn
-			} else {
-				conn = dialPlainFrom(t, "127.0.0.1", g.implicit)
-			}
+			conn := handshakeConn(t, g, starttls)
 			start := time.Now()
 			go trickle(conn, clientHello(t), preauth/4, 3*lifetime)
 			closedWithin(t, conn, 3*lifetime)
@@ -219,16 +210,7 @@ func TestUnfinishedTLSHandshake(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			var conn net.Conn
-			if tc.starttls {
-				c := dialRaw(t, g.starttls, nil)
-				greeting(t, c)
-				c.send("s STARTTLS\r\n")
-				c.expect("s OK")
-				conn = c.conn
-			} else {
-				conn = dialPlainFrom(t, "127.0.0.1", g.implicit)
-			}
+			conn := handshakeConn(t, g, tc.starttls)
 			start := time.Now()
 			conn.Write(tc.send)
 			d := closedAfter(conn, 10*preauth)
@@ -559,4 +541,18 @@ func watchHeap() func() uint64 {
 		}
 	}()
 	return func() uint64 { close(stop); <-done; return peak }
+}
+
+// handshakeConn is a raw connection where the client's TLS handshake comes
+// next: on the implicit listener, or after STARTTLS was answered.
+func handshakeConn(t *testing.T, g *gateway, starttls bool) net.Conn {
+	t.Helper()
+	if !starttls {
+		return dialPlainFrom(t, "127.0.0.1", g.implicit)
+	}
+	c := dialRaw(t, g.starttls, nil)
+	greeting(t, c)
+	c.send("s STARTTLS\r\n")
+	c.expect("s OK")
+	return c.conn
 }

@@ -77,7 +77,7 @@ func TestLoginTimeout(t *testing.T) {
 				if o == tc.outcome {
 					want = 1
 				}
-				if got := loginCount(t, g, o); got != want {
+				if got := loginsTotal(t, g, o); got != want {
 					t.Errorf("imapgw_logins_total{outcome=%q} = %v, want %v", o, got, want)
 				}
 			}
@@ -112,10 +112,10 @@ func TestRejectedOutcome(t *testing.T) {
 		c.send(tag + " LOGIN alice alice-secret\r\n")
 		c.expect(tag + " NO [EXPIRED] Password expired")
 	}
-	if got := loginCount(t, g, "rejected"); got != 2 {
+	if got := loginsTotal(t, g, "rejected"); got != 2 {
 		t.Errorf(`imapgw_logins_total{outcome="rejected"} = %v, want 2`, got)
 	}
-	if got := loginCount(t, g, "failed"); got != 0 {
+	if got := loginsTotal(t, g, "failed"); got != 0 {
 		t.Errorf(`imapgw_logins_total{outcome="failed"} = %v, want 0`, got)
 	}
 	if line := authLine(g.logs.String()); !strings.Contains(line, "outcome=rejected") {
@@ -124,27 +124,4 @@ func TestRejectedOutcome(t *testing.T) {
 	// With source_failures = 1, a counted failure would have banned the source.
 	c.send("z NOOP\r\n")
 	c.expect("z OK")
-}
-
-// loginCount reads imapgw_logins_total{outcome} from the gateway's registry.
-func loginCount(t *testing.T, g *gateway, outcome string) float64 {
-	t.Helper()
-	mfs, err := g.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != "imapgw_logins_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "outcome" && l.GetValue() == outcome {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	t.Errorf("imapgw_logins_total has no outcome %q", outcome)
-	return -1
 }

@@ -78,16 +78,7 @@ func TestTrickledLine(t *testing.T) {
 	for _, starttls := range []bool{false, true} {
 		t.Run(fmt.Sprintf("TLS handshake, STARTTLS %v", starttls), func(t *testing.T) {
 			t.Parallel()
-			var conn net.Conn
-			if starttls {
-				c := dialRaw(t, g.starttls, nil)
-				greeting(t, c)
-				c.send("s STARTTLS\r\n")
-				c.expect("s OK")
-				conn = c.conn
-			} else {
-				conn = dialPlainFrom(t, "127.0.0.1", g.implicit)
-			}
+			conn := handshakeConn(t, g, starttls)
 			start := time.Now()
 			go trickle(conn, hello, every, 3*preauth)
 			if closedAfter(conn, 3*preauth) < 0 {
