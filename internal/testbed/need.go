@@ -18,6 +18,11 @@ var packages = map[string]string{
 	"curl":                "curl",
 	"nft":                 "nftables",
 	"setpriv":             "util-linux",
+	"redis-server":        "redis-server",
+	"chromium":            "chromium",
+	"promtool":            "prometheus",
+	"systemd-analyze":     "systemd",
+	"man":                 "man-db",
 }
 
 // sbinDirs are searched after PATH: a non-root PATH often lacks /usr/sbin, where
