@@ -51,7 +51,7 @@ func (g *gateway) newAdmin(a conf.Admin) (*admin.Server, error) {
 		Certs:    g.certs.Certificates,
 		Ready:    g.certs.Ready,
 		Draining: g.draining.Load,
-		Reload:   g.reload,
+		Reload:   g.reloadNotified,
 		Logger:   g.log.With("part", "admin"),
 	})
 }

@@ -34,6 +34,10 @@ type gateway struct {
 	admin *admin.Server      // nil when admin.address is ""
 	fw    *firewall.Firewall // nil unless bans.firewall = "nftables"
 
+	// notify is systemd's notify socket; nil when not under systemd (and in
+	// the demo). Set after the admin endpoint, which reloads too, has started.
+	notify atomic.Pointer[notifier]
+
 	mu  sync.Mutex // serializes reloads
 	cfg *conf.Config
 
@@ -171,6 +175,10 @@ func (g *gateway) reload() error {
 	return nil
 }
 
+// reloadNotified is reload between systemd's RELOADING=1 and READY=1: for
+// SIGHUP and the admin API's reload alike.
+func (g *gateway) reloadNotified() error { return g.notify.Load().reload(g.reload) }
+
 // reloadCertFiles re-reads the certificate files when cfg keeps their paths
 // (a reload after a renewal in place); certs.Update loads new paths itself.
 // Either way a broken pair rejects the whole reload, before anything is
@@ -190,6 +198,7 @@ func (g *gateway) shutdown() {
 	// Not ready before the listeners close (issue 10): a load balancer stops
 	// sending new clients to a node that is leaving, while its sessions drain.
 	g.draining.Store(true)
+	g.notify.Load().setStopping("draining sessions")
 	g.log.Info("shutting down: not ready: draining", "drain_timeout", g.cfg.Server.DrainTimeout.Duration)
 	ctx, cancel := context.WithTimeout(context.Background(), g.cfg.Server.DrainTimeout.Duration+10*time.Second)
 	defer cancel()

@@ -61,9 +61,18 @@ type process struct {
 // killed at the test's end if it still runs, and its log shown on failure.
 func startProcess(t *testing.T, path string) *process {
 	t.Helper()
+	p := launchProcess(t, path)
+	p.waitStarted(t)
+	return p
+}
+
+// launchProcess runs `imapgw run -config path` with env added to the
+// environment, without waiting for anything.
+func launchProcess(t *testing.T, path string, env ...string) *process {
+	t.Helper()
 	p := &process{logs: &testbed.LogBuffer{}, exit: make(chan struct{})}
 	p.cmd = exec.Command(os.Args[0], "run", "-config", path)
-	p.cmd.Env = append(os.Environ(), asMain+"=1")
+	p.cmd.Env = append(append(os.Environ(), asMain+"=1"), env...)
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
 	// The child dies with the test binary, whatever happens to it.
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -80,13 +89,19 @@ func startProcess(t *testing.T, path string) *process {
 			t.Logf("imapgw run log:\n%s", p.logs.String())
 		}
 	})
+	return p
+}
+
+// waitStarted waits until the process logs its listeners and admin endpoint
+// and /readyz answers 200.
+func (p *process) waitStarted(t *testing.T) {
+	t.Helper()
 	p.imaps = p.logValue(t, `msg=listening address=(\S+)`)
 	p.admin = p.logValue(t, `msg="admin endpoint listening" .*?address=(\S+)`)
 	p.eventually(t, "/readyz to answer 200", func() bool {
 		code, _, err := p.get("/readyz")
 		return err == nil && code == 200
 	})
-	return p
 }
 
 func (p *process) exited() bool {

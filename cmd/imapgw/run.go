@@ -27,11 +27,22 @@ func runCmd(args []string, stderr io.Writer) int {
 	// the gateway answers would otherwise kill it, and a SIGTERM skip the drain.
 	sigs := notifySignals()
 	defer signal.Stop(sigs)
+	notify, err := newNotifier()
+	if err != nil {
+		fmt.Fprintln(stderr, "imapgw:", err)
+		return 1
+	}
+	defer notify.close()
+	done := make(chan struct{})
+	defer close(done)
+	go notify.pingWatchdog(done)
 	g, err := startGateway(cfg, *path, stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "imapgw:", err)
 		return 1
 	}
+	g.notify.Store(notify)
+	go g.notifyReady(done)
 	// Libraries that log through the standard log package (certmagic's panic
 	// recovery) then reach our handler too.
 	slog.SetDefault(g.log)
@@ -53,7 +64,7 @@ func (g *gateway) serveUntil(sigs <-chan os.Signal, stop <-chan struct{}) int {
 		case sig := <-sigs:
 			g.log.Info("signal received", "signal", sig.String())
 			if sig == syscall.SIGHUP {
-				g.reload() // logs its outcome
+				g.reloadNotified() // logs its outcome
 				continue
 			}
 			running = false

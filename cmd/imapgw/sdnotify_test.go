@@ -1,0 +1,204 @@
+package main
+
+import (
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// notifySocket is the systemd side of the notify protocol: a unixgram socket
+// whose datagrams a goroutine hands over, WATCHDOG=1 pings counted apart.
+type notifySocket struct {
+	path  string
+	msgs  chan string
+	pings chan time.Time
+}
+
+func listenNotify(t *testing.T, path string) *notifySocket {
+	t.Helper()
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	s := &notifySocket{path: path, msgs: make(chan string, 100), pings: make(chan time.Time, 1000)}
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				return
+			}
+			if msg := string(buf[:n]); msg == "WATCHDOG=1\n" {
+				s.pings <- time.Now()
+			} else {
+				s.msgs <- msg
+			}
+		}
+	}()
+	return s
+}
+
+// next returns the next notification other than a watchdog ping.
+func (s *notifySocket) next(t *testing.T, p *process, what string) string {
+	t.Helper()
+	select {
+	case m := <-s.msgs:
+		return m
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no notification while waiting for %s; log:\n%s", what, p.logs.String())
+		return ""
+	}
+}
+
+// TestSystemdNotify runs `imapgw run` as systemd would for a Type=notify unit
+// with WatchdogSec: READY=1 comes when the IMAP port already answers with the
+// certificate, RELOADING=1 (with MONOTONIC_USEC) and READY=1 around SIGHUP,
+// STOPPING=1 at SIGTERM, and WATCHDOG=1 at half of WATCHDOG_USEC.
+func TestSystemdNotify(t *testing.T) {
+	be := startDemoBackend(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "imapgw.toml")
+	procConfig{backend: be.Addr, state: filepath.Join(dir, "state"), drain: "5s"}.write(t, path)
+	ns := listenNotify(t, filepath.Join(dir, "notify"))
+	const watchdogUsec = 200000
+	p := launchProcess(t, path, "NOTIFY_SOCKET="+ns.path, "WATCHDOG_USEC="+strconv.Itoa(watchdogUsec))
+
+	ready := ns.next(t, p, "READY=1")
+	// READY=1 must come no earlier than the IMAP port answering a TLS
+	// handshake: it is what `systemctl start` waits for.
+	if !strings.HasPrefix(ready, "READY=1\n") || !strings.Contains(ready, "STATUS=serving on 127.0.0.1:") {
+		t.Fatalf("first notification = %q, want READY=1 with a STATUS", ready)
+	}
+	imaps := regexpGroup(t, p.logs.String(), `msg=listening address=(\S+)`)
+	if _, err := presented(imaps, nil); err == nil || !strings.Contains(err.Error(), "certificate") {
+		// A verification error proves the handshake reached the certificate.
+		t.Fatalf("TLS to %s right after READY=1: %v, want the self-signed certificate shown", imaps, err)
+	}
+	p.waitStarted(t)
+	s, err := openSession(p.imaps, nil)
+	if err != nil {
+		t.Fatalf("login after READY=1: %v", err)
+	}
+	s.logout()
+
+	p.signal(t, syscall.SIGHUP)
+	reloading := ns.next(t, p, "RELOADING=1")
+	if !strings.HasPrefix(reloading, "RELOADING=1\nMONOTONIC_USEC=") {
+		t.Fatalf("after SIGHUP: %q, want RELOADING=1 and MONOTONIC_USEC", reloading)
+	}
+	usec := regexpGroup(t, reloading, `MONOTONIC_USEC=(\d+)\n`)
+	if n, _ := strconv.ParseInt(usec, 10, 64); n <= 0 {
+		t.Errorf("MONOTONIC_USEC=%s, want a positive CLOCK_MONOTONIC time", usec)
+	}
+	if m := ns.next(t, p, "READY=1 after reload"); m != "READY=1\nSTATUS=configuration reloaded\n" {
+		t.Fatalf("after the reload: %q, want READY=1", m)
+	}
+
+	// Pings: at least 4 over the next 4 intervals of WATCHDOG_USEC/2, with no
+	// gap as long as WATCHDOG_USEC (systemd would kill the process).
+	drainPings(ns)
+	last := time.Now()
+	for i := 0; i < 4; i++ {
+		select {
+		case at := <-ns.pings:
+			if gap := at.Sub(last); gap >= watchdogUsec*time.Microsecond {
+				t.Errorf("watchdog ping %d came %v after the previous one, want < %v", i, gap, watchdogUsec*time.Microsecond)
+			}
+			last = at
+		case <-time.After(5 * time.Second):
+			t.Fatalf("only %d WATCHDOG=1 pings", i)
+		}
+	}
+
+	p.signal(t, syscall.SIGTERM)
+	if m := ns.next(t, p, "STOPPING=1"); !strings.HasPrefix(m, "STOPPING=1\n") {
+		t.Fatalf("after SIGTERM: %q, want STOPPING=1", m)
+	}
+	if code := p.wait(t, 15*time.Second); code != 0 {
+		t.Errorf("exit code %d after SIGTERM", code)
+	}
+	select {
+	case m := <-ns.msgs:
+		t.Errorf("after STOPPING=1: %q", m)
+	default:
+	}
+}
+
+func drainPings(ns *notifySocket) {
+	for {
+		select {
+		case <-ns.pings:
+		default:
+			return
+		}
+	}
+}
+
+func TestWatchdogInterval(t *testing.T) {
+	cases := []struct {
+		usec, pid string
+		want      time.Duration
+	}{
+		{"", "", 0},
+		{"30000000", "", 15 * time.Second},
+		{"30000000", "42", 15 * time.Second},
+		{"30000000", "43", 0}, // inherited from a parent systemd watches
+		{"0", "", 0},
+		{"soon", "", 0},
+		{"-5", "", 0},
+	}
+	for _, c := range cases {
+		if got := watchdogInterval(c.usec, c.pid, 42); got != c.want {
+			t.Errorf("watchdogInterval(%q, %q, 42) = %v, want %v", c.usec, c.pid, got, c.want)
+		}
+	}
+}
+
+// TestNotifyAbstractSocket: NOTIFY_SOCKET may name an abstract socket
+// ("@name"), as systemd's does for services in some containers.
+func TestNotifyAbstractSocket(t *testing.T) {
+	name := "@imapgw-test-notify-" + strconv.Itoa(os.Getpid())
+	ns := listenNotify(t, name)
+	t.Setenv("NOTIFY_SOCKET", name)
+	t.Setenv("WATCHDOG_USEC", "")
+	n, err := newNotifier()
+	if err != nil || n == nil {
+		t.Fatalf("newNotifier() = %v, %v", n, err)
+	}
+	defer n.close()
+	n.setReady("up")
+	n.setStopping("down")
+	n.setReady("too late") // not after STOPPING=1
+	for _, want := range []string{"READY=1\nSTATUS=up\n", "STOPPING=1\nSTATUS=down\n"} {
+		select {
+		case m := <-ns.msgs:
+			if m != want {
+				t.Errorf("got %q, want %q", m, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no datagram, want %q", want)
+		}
+	}
+	select {
+	case m := <-ns.msgs:
+		t.Errorf("READY=1 after STOPPING=1: %q", m)
+	case <-time.After(100 * time.Millisecond):
+	}
+}
+
+// regexpGroup returns re's first group in s, failing the test without a match.
+func regexpGroup(t *testing.T, s, re string) string {
+	t.Helper()
+	m := regexp.MustCompile(re).FindStringSubmatch(s)
+	if m == nil {
+		t.Fatalf("no match for %s in %q", re, s)
+	}
+	return m[1]
+}
