@@ -19,14 +19,6 @@ import (
 	"github.com/imapgw/imapgw/limiter"
 )
 
-const bansUsage = `Usage:
-  imapgw bans list                                  active bans
-  imapgw bans add IP [-for 1h] [-reason TEXT]       ban IP's source prefix
-  imapgw bans del IP                                lift the ban covering IP
-Every command also takes -config FILE, or -admin ADDR and -token-file FILE,
--ca-file FILE for an endpoint with admin.tls, -json for scripts and -timeout.
-`
-
 // adminFlags are the flags of every command that calls the admin endpoint.
 type adminFlags struct {
 	fs        *flag.FlagSet
@@ -135,28 +127,6 @@ func (f *adminFlags) isSet(name string) bool {
 
 func (f *adminFlags) context() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), *f.timeout)
-}
-
-// bansCmd lists, adds and lifts bans through the admin endpoint.
-func bansCmd(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, bansUsage)
-		return 2
-	}
-	switch args[0] {
-	case "list":
-		return bansList(args[1:], stdout, stderr)
-	case "add":
-		return bansAdd(args[1:], stdout, stderr)
-	case "del":
-		return bansDel(args[1:], stdout, stderr)
-	case "-h", "-help", "--help", "help":
-		fmt.Fprint(stdout, bansUsage)
-		return 0
-	default:
-		fmt.Fprintf(stderr, "imapgw bans: unknown command %q\n\n%s", args[0], bansUsage)
-		return 2
-	}
 }
 
 func bansList(args []string, stdout, stderr io.Writer) int {

@@ -10,47 +10,6 @@ import (
 	"github.com/imapgw/imapgw/admin"
 )
 
-const backendsUsage = `Usage:
-  imapgw backends [list]                            the backend servers: state, weight, sessions, last check
-  imapgw backends drain NAME [-kick]                no new logins to NAME; -kick also closes its sessions
-  imapgw backends undrain NAME                      NAME takes new logins again
-Every command also takes -config FILE, or -admin ADDR and -token-file FILE,
--ca-file FILE for an endpoint with admin.tls, -json for scripts and -timeout.
-`
-
-const usersUsage = `Usage:
-  imapgw users where USER                           where USER's next login goes and why, its sessions
-  imapgw users move USER NAME                       close USER's sessions and pin it to server NAME
-  imapgw users kick USER                            close USER's sessions
-Every command also takes -config FILE, or -admin ADDR and -token-file FILE,
--ca-file FILE for an endpoint with admin.tls, -json for scripts and -timeout.
-`
-
-// backendsCmd lists, drains and undrains the backend servers.
-func backendsCmd(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || strings.HasPrefix(args[0], "-") && !isHelp(args[0]) {
-		return backendsList(args, stdout, stderr) // "imapgw backends -json" lists
-	}
-	switch args[0] {
-	case "list":
-		return backendsList(args[1:], stdout, stderr)
-	case "drain":
-		return backendsDrain(args[1:], stdout, stderr)
-	case "undrain":
-		return backendsUndrain(args[1:], stdout, stderr)
-	case "-h", "-help", "--help", "help":
-		fmt.Fprint(stdout, backendsUsage)
-		return 0
-	default:
-		fmt.Fprintf(stderr, "imapgw backends: unknown command %q\n\n%s", args[0], backendsUsage)
-		return 2
-	}
-}
-
-func isHelp(s string) bool {
-	return s == "-h" || s == "-help" || s == "--help"
-}
-
 func backendsList(args []string, stdout, stderr io.Writer) int {
 	f := newAdminFlags("backends list", stderr)
 	c, code := f.setup(args, 0, stderr)
@@ -111,28 +70,6 @@ func backendsUndrain(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "undrained %s: it takes new logins when up\n", r.Backend)
 	return 0
-}
-
-// usersCmd shows, moves and kicks a user.
-func usersCmd(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, usersUsage)
-		return 2
-	}
-	switch args[0] {
-	case "where":
-		return usersWhere(args[1:], stdout, stderr)
-	case "move":
-		return usersMove(args[1:], stdout, stderr)
-	case "kick":
-		return usersKick(args[1:], stdout, stderr)
-	case "-h", "-help", "--help", "help":
-		fmt.Fprint(stdout, usersUsage)
-		return 0
-	default:
-		fmt.Fprintf(stderr, "imapgw users: unknown command %q\n\n%s", args[0], usersUsage)
-		return 2
-	}
 }
 
 func usersWhere(args []string, stdout, stderr io.Writer) int {
