@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -78,6 +79,10 @@ func TestUnitFile(t *testing.T) {
 	// ExecStart is executable. TestMakeInstall verifies the installed unit
 	// with the real binary and man page.
 	data = bytes.Replace(data, []byte("ExecStart=/usr/local/bin/imapgw"), []byte("ExecStart="+os.Args[0]), 1)
+	must(t, os.WriteFile(unit, data, 0o644))
+	systemdVerify(t, unit, "--man=no")
+	// And with the kernel-ban lines switched on.
+	data = regexp.MustCompile(`(?m)^#((AmbientCapabilities|CapabilityBoundingSet|RestrictAddressFamilies)=)`).ReplaceAll(data, []byte("$1"))
 	must(t, os.WriteFile(unit, data, 0o644))
 	systemdVerify(t, unit, "--man=no")
 }
