@@ -1,6 +1,9 @@
 package main
 
 import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -10,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/imapgw/imapgw/internal/pebbletest"
 )
 
 // notifySocket is the systemd side of the notify protocol: a unixgram socket
@@ -201,4 +206,85 @@ func regexpGroup(t *testing.T, s, re string) string {
 		t.Fatalf("no match for %s in %q", re, s)
 	}
 	return m[1]
+}
+
+// TestSystemdNotifyWaitsForACME: with an ACME certificate still to be issued
+// (by a real Pebble CA), the listeners are up long before READY=1; READY=1
+// comes once the certificate is there, and the port then serves it.
+func TestSystemdNotifyWaitsForACME(t *testing.T) {
+	be := startDemoBackend(t)
+	port := pebbletest.FreePort(t)
+	pb := pebbletest.Start(t, pebbletest.Options{HTTPPort: port})
+	host := fmt.Sprintf("notify%d.imapgw.test", time.Now().UnixNano()%100000) // certmagic keeps per-name globals
+	dir := t.TempDir()
+	imaps := freeAddr(t)
+	path := filepath.Join(dir, "imapgw.toml")
+	must(t, os.WriteFile(path, []byte(fmt.Sprintf(`[server]
+hostname = %q
+state_dir = %q
+
+[[listen]]
+address = %q
+
+[tls]
+certificate = "acme"
+
+[acme]
+ca = %q
+ca_root = %q
+email = "postmaster@imapgw.test"
+http_challenge_address = "127.0.0.1:%d"
+
+[backend]
+servers = [%q]
+client_ip = "none"
+
+[bans]
+allow = []
+
+[admin]
+address = ""
+`, host, filepath.Join(dir, "state"), imaps, pb.DirectoryURL, pb.CAFile, port, be.Addr)), 0o600))
+	ns := listenNotify(t, filepath.Join(dir, "notify"))
+	p := launchProcess(t, path, "NOTIFY_SOCKET="+ns.path)
+
+	roots := pb.Roots(t)
+	withoutCert := 0 // handshakes refused while the port was already up
+	deadline := time.After(60 * time.Second)
+	for {
+		select {
+		case m := <-ns.msgs:
+			if !strings.HasPrefix(m, "READY=1\n") {
+				t.Fatalf("first notification %q, want READY=1", m)
+			}
+			if _, err := presentedTo(imaps, host, roots); err != nil {
+				t.Fatalf("READY=1 sent, yet the port does not serve the ACME certificate: %v", err)
+			}
+			t.Logf("READY=1 after %d refused handshakes on the already-open port", withoutCert)
+			return
+		case <-deadline:
+			t.Fatalf("no READY=1 in 60 s; log:\n%s", p.logs.String())
+		case <-time.After(50 * time.Millisecond):
+			if p.exited() {
+				t.Fatalf("imapgw run exited: %v", p.err)
+			}
+			if c, err := net.DialTimeout("tcp", imaps, time.Second); err == nil {
+				c.Close()
+				if _, err := presentedTo(imaps, host, roots); err != nil {
+					withoutCert++
+				}
+			}
+		}
+	}
+}
+
+// presentedTo does a TLS handshake with addr for the name host, verifying
+// against roots.
+func presentedTo(addr, host string, roots *x509.CertPool) (*x509.Certificate, error) {
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, &tls.Config{RootCAs: roots, ServerName: host})
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	return c.ConnectionState().PeerCertificates[0], nil
 }
