@@ -102,7 +102,8 @@ func (n *notifier) reload(do func() error) error {
 	err := do()
 	status := "configuration reloaded"
 	if err != nil {
-		status = "reload rejected, the running configuration stays: " + err.Error()
+		// One line: a newline would start another KEY=VALUE assignment.
+		status = "reload rejected, the running configuration stays: " + strings.ReplaceAll(err.Error(), "\n", "; ")
 	}
 	n.send("READY=1", "STATUS="+status)
 	return err

@@ -70,7 +70,8 @@ func TestSystemdNotify(t *testing.T) {
 	be := startDemoBackend(t)
 	dir := t.TempDir()
 	path := filepath.Join(dir, "imapgw.toml")
-	procConfig{backend: be.Addr, state: filepath.Join(dir, "state"), drain: "5s"}.write(t, path)
+	c := procConfig{backend: be.Addr, state: filepath.Join(dir, "state"), drain: "5s"}
+	c.write(t, path)
 	ns := listenNotify(t, filepath.Join(dir, "notify"))
 	const watchdogUsec = 200000
 	p := launchProcess(t, path, "NOTIFY_SOCKET="+ns.path, "WATCHDOG_USEC="+strconv.Itoa(watchdogUsec))
@@ -104,6 +105,19 @@ func TestSystemdNotify(t *testing.T) {
 	}
 	if m := ns.next(t, p, "READY=1 after reload"); m != "READY=1\nSTATUS=configuration reloaded\n" {
 		t.Fatalf("after the reload: %q, want READY=1", m)
+	}
+	// A rejected reload: still READY=1 (the old configuration serves), and
+	// the errors on one STATUS line.
+	c.bans = "spray_accounts = 0\nsource_failures = 0"
+	c.write(t, path)
+	p.signal(t, syscall.SIGHUP)
+	if m := ns.next(t, p, "RELOADING=1"); !strings.HasPrefix(m, "RELOADING=1\n") {
+		t.Fatalf("after the second SIGHUP: %q, want RELOADING=1", m)
+	}
+	m := ns.next(t, p, "READY=1 after a rejected reload")
+	if !strings.HasPrefix(m, "READY=1\nSTATUS=reload rejected") || !strings.Contains(m, "bans.spray_accounts") ||
+		!strings.Contains(m, "bans.source_failures") || strings.Count(m, "\n") != 2 {
+		t.Fatalf("after a rejected reload: %q, want READY=1 and both errors on one STATUS line", m)
 	}
 
 	// Pings: at least 4 over the next 4 intervals of WATCHDOG_USEC/2, with no
