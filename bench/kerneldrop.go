@@ -280,7 +280,7 @@ func kernelDropTable(r *results, v func(key, format string) string) string {
 	fmt.Fprintf(&b, "| imapgw CPU over the flood window, ms | %s |\n", v("flood.kernel.window_ms", "%.2f"))
 	fmt.Fprintf(&b, "| imapgw CPU over as long without the flood, ms | %s |\n", v("flood.kernel.idle_ms", "%.2f"))
 	fmt.Fprintf(&b, "| imapgw CPU per attempt, gross (nothing subtracted), µs | %s |\n", v("flood.kernel.gross", "%.4f"))
-	fmt.Fprintf(&b, "| imapgw CPU per attempt, added by the flood, µs | **%s** (± %s, the two idle windows' difference) |\n",
+	fmt.Fprintf(&b, "| imapgw CPU per attempt, added by the flood, µs | **%s** (the idle windows differ by %s) |\n",
 		v("flood.kernel.cpu", "%.4f"), v("flood.kernel.noise", "%.4f"))
 	b.WriteString("\nThe legitimate user's logins were measured without and with the flood in turn, twice each\n")
 	b.WriteString("(medians of the two), each window right after another of logins.\n\n")
@@ -293,19 +293,23 @@ func kernelDropTable(r *results, v func(key, format string) string) string {
 	b.WriteString("\nDuring the flood the attacker's sockets run in the load generator's process, on the same\n")
 	b.WriteString("two cores as imapgw and the legitimate clients.\n")
 	k, ok1 := r.median(nameImapgw, "flood.kernel.cpu")
+	gross, _ := r.median(nameImapgw, "flood.kernel.gross")
+	noise, _ := r.median(nameImapgw, "flood.kernel.noise")
 	hs, ok2 := r.median(nameImapgw, "flood.handshake.cpu")
-	if !ok1 || !ok2 {
-		return b.String()
-	}
-	if k <= 0 {
-		noise, _ := r.median(nameImapgw, "flood.kernel.noise")
-		fmt.Fprintf(&b, "\nThe flood added no measurable imapgw CPU: %.4f µs per attempt, the idle windows differing by %.4f (target: under 1 µs, ≥ 400× less than a handshake: met).\n", k, noise)
+	if !ok1 || !ok2 || gross <= 0 {
 		return b.String()
 	}
 	verdict := "met"
-	if k >= 1 || hs/k < 400 {
+	if k >= 1 || (k > 0 && hs/k < 400) {
 		verdict = "**missed**"
 	}
-	fmt.Fprintf(&b, "\nA kernel-dropped attempt adds %.4f µs of imapgw CPU, %.0f× less than a handshake (target: under 1 µs, ≥ 400×: %s).\n", k, hs/k, verdict)
+	if k <= 0 {
+		fmt.Fprintf(&b, "\nThe flood added no measurable imapgw CPU: %.4f µs per attempt, its window using no more than\n", k)
+		fmt.Fprintf(&b, "the windows without it (which differ from each other by %.4f µs per attempt).", noise)
+	} else {
+		fmt.Fprintf(&b, "\nA kernel-dropped attempt adds %.4f µs of imapgw CPU, %.0f× less than a handshake.", k, hs/k)
+	}
+	fmt.Fprintf(&b, " Even counting all of\nimapgw's CPU in the flood window, an attempt cost at most %.4f µs, %.0f× less than a handshake.\n", gross, hs/gross)
+	fmt.Fprintf(&b, "Target: under 1 µs, ≥ 400× less than a handshake: %s.\n", verdict)
 	return b.String()
 }
