@@ -9,6 +9,7 @@
 //
 //	go run ./bench -out docs/BENCHMARKS.md   # the full run, about 7 minutes
 //	go run ./bench -quick                    # a smoke run, about a minute
+//	go run ./bench -rounds 0 -pool=false -peers imapgw   # the banned-flood sections only
 package main
 
 import (
