@@ -9,6 +9,7 @@
 //
 //	go run ./bench -out docs/BENCHMARKS.md   # the full run, about 7 minutes
 //	go run ./bench -quick                    # a smoke run, about a minute
+//	go run ./bench -rounds 0 -pool=false -peers imapgw   # the banned-flood sections only
 package main
 
 import (
@@ -46,7 +47,7 @@ func parseFlags(args []string) (options, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.StringVar(&o.out, "out", "", "write the report to this markdown file (e.g. docs/BENCHMARKS.md)")
 	fs.BoolVar(&o.quick, "quick", false, "smoke run: one round, short measurements, 500 idle sessions")
-	fs.IntVar(&o.rounds, "rounds", 3, "rounds; the order of the proxies rotates each round")
+	fs.IntVar(&o.rounds, "rounds", 3, "rounds; the order of the proxies rotates each round (0: none; with -pool=false only the flood runs)")
 	fs.DurationVar(&o.dur, "duration", 5*time.Second, "length of each timed measurement")
 	fs.IntVar(&o.idle, "idle", 5000, "sessions held in IDLE for the memory measurement")
 	fs.IntVar(&o.message, "message", 16<<20, "size of the FETCHed message in bytes")
@@ -64,8 +65,8 @@ func parseFlags(args []string) (options, error) {
 	if o.quick {
 		o.rounds, o.dur, o.idle, o.warmup, o.settle = 1, 1500*time.Millisecond, 500, 300*time.Millisecond, time.Second
 	}
-	if o.rounds < 1 || o.idle < 1 || o.dur <= 0 {
-		return o, fmt.Errorf("-rounds, -idle and -duration must be positive")
+	if o.rounds < 0 || o.idle < 1 || o.dur <= 0 {
+		return o, fmt.Errorf("-idle and -duration must be positive, -rounds not negative")
 	}
 	if o.perfDir != "" {
 		if err := os.MkdirAll(o.perfDir, 0o755); err != nil {

@@ -131,36 +131,6 @@ func floodTable(r *results) string {
 	return b.String()
 }
 
-// kernelDropTable is the flood again with bans.firewall = "nftables" (issue 15).
-func kernelDropTable(r *results, v func(key, format string) string) string {
-	if _, ok := r.median(nameImapgw, "flood.kernel"); !ok {
-		return ""
-	}
-	var b strings.Builder
-	b.WriteString("\nWith `bans.firewall = \"nftables\"` the ban is also an element of imapgw's nftables set\n")
-	b.WriteString("and the kernel drops the banned source's SYNs; the source sends connection attempts\n")
-	fmt.Fprintf(&b, "(non-blocking connect, close) from %d workers, at the rate imapgw refused it above.\n\n", floodWorkers)
-	b.WriteString("| measurement | without flood | during flood |\n|---|--:|--:|\n")
-	fmt.Fprintf(&b, "| banned source: attempts/s dropped by the kernel | %s (flood alone) | %s |\n", v("flood.kernel", "%.0f"), v("flood.kernel_during", "%.0f"))
-	fmt.Fprintf(&b, "| legitimate user: login cycles/s, 8 clients | %s | %s |\n", v("flood.kernel.base", "%.0f"), v("flood.kernel.during", "%.0f"))
-	fmt.Fprintf(&b, "| legitimate user: p99 login latency, ms | %s | %s |\n", v("flood.kernel.base.p99", "%.2f"), v("flood.kernel.during.p99", "%.2f"))
-	k, ok2 := r.median(nameImapgw, "flood.kernel.cpu")
-	cost, atMost := v("flood.kernel.cpu", "%.4f"), ""
-	if bound, ok := r.median(nameImapgw, "flood.kernel.cpu_bound"); ok && k == 0 {
-		k, cost, atMost = bound, fmt.Sprintf("< %.4f (no 10 ms clock tick of imapgw CPU over the whole flood)", bound), "at most "
-	}
-	fmt.Fprintf(&b, "\n| imapgw CPU per … | µs |\n|---|--:|\n| connection attempt dropped by the kernel | %s |\n", cost)
-	hs, ok1 := r.median(nameImapgw, "flood.handshake.cpu")
-	if ok1 && ok2 && k > 0 {
-		verdict := "met"
-		if k >= 1 || hs/k < 400 {
-			verdict = "**missed**"
-		}
-		fmt.Fprintf(&b, "\nA kernel-dropped attempt costs imapgw %s%.4f µs of CPU, %.0f× less than a handshake or better (target: under 1 µs, ≥ 400×: %s).\n", atMost, k, hs/k, verdict)
-	}
-	return b.String()
-}
-
 // roundsTable lists every round's value, for judging the spread.
 func roundsTable(r *results, rounds int) string {
 	var b strings.Builder

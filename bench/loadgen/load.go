@@ -285,6 +285,13 @@ func (f FloodStats) Rate() float64 {
 // connection the server keeps open for refusalWait, or answers, is an error:
 // the source was not refused.
 func Flood(addr string, src netip.Addr, workers int, d time.Duration) FloodStats {
+	return floodLoop(workers, 0, d, func() error { return Refused(addr, src) })
+}
+
+// floodLoop calls attempt from workers goroutines until d has passed, at rate
+// calls per second in all (0: as fast as they can), counting successes as
+// Refused. It is the loop both floods share.
+func floodLoop(workers int, rate float64, d time.Duration, attempt func() error) FloodStats {
 	var (
 		mu  sync.Mutex
 		all FloodStats
@@ -297,8 +304,12 @@ func Flood(addr string, src netip.Addr, workers int, d time.Duration) FloodStats
 		go func() {
 			defer wg.Done()
 			var own FloodStats
-			for time.Now().Before(deadline) {
-				if err := Refused(addr, src); err != nil {
+			for i := 0; time.Now().Before(deadline); i++ {
+				// Paced: this worker's share of the attempts due by now.
+				for rate > 0 && float64(i) >= time.Since(start).Seconds()*rate/float64(workers) {
+					time.Sleep(time.Millisecond)
+				}
+				if err := attempt(); err != nil {
 					own.Errors++
 					own.FirstErr = keepFirst(own.FirstErr, err)
 					continue

@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -216,6 +217,27 @@ func TestFlood(t *testing.T) {
 	greeting := listen(t, func(c net.Conn) { io.WriteString(c, "* OK\r\n"); c.Close() })
 	if err := Refused(greeting, netip.MustParseAddr("127.0.0.9")); !errors.Is(err, errNotRefused) {
 		t.Fatalf("Refused(greeting) = %v, want errNotRefused", err)
+	}
+}
+
+// TestFloodLoopPaced holds the shared flood loop to its rate: never more
+// attempts than are due (a slow machine may send fewer), errors counted apart.
+func TestFloodLoopPaced(t *testing.T) {
+	var n atomic.Int64
+	const rate, workers, d = 500.0, 2, 200 * time.Millisecond
+	st := floodLoop(workers, rate, d, func() error {
+		if n.Add(1)%10 == 0 {
+			return errors.New("every tenth fails")
+		}
+		return nil
+	})
+	// Each worker may start one attempt as the deadline passes.
+	limit := int64(rate*st.Elapsed.Seconds()) + workers
+	if got := n.Load(); got == 0 || got > limit {
+		t.Fatalf("floodLoop at %v/s for %v made %d attempts, want 1..%d", rate, st.Elapsed, got, limit)
+	}
+	if int64(st.Refused+st.Errors) != n.Load() || st.Errors != int(n.Load()/10) || st.FirstErr == nil {
+		t.Fatalf("floodLoop counted %d + %d errors (%v) of %d attempts", st.Refused, st.Errors, st.FirstErr, n.Load())
 	}
 }
 

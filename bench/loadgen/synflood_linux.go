@@ -3,7 +3,6 @@ package loadgen
 import (
 	"errors"
 	"net/netip"
-	"sync"
 	"syscall"
 	"time"
 )
@@ -16,45 +15,9 @@ import (
 // a connect would measure the SYN retry timer, not the server. Refused counts
 // the attempts sent.
 func SYNFlood(addr netip.AddrPort, src netip.Addr, workers int, rate float64, d time.Duration) FloodStats {
-	var (
-		mu  sync.Mutex
-		all FloodStats
-		wg  sync.WaitGroup
-	)
 	to := &syscall.SockaddrInet4{Port: int(addr.Port()), Addr: addr.Addr().As4()}
 	from := &syscall.SockaddrInet4{Addr: src.As4()}
-	start := time.Now()
-	deadline := start.Add(d)
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var own FloodStats
-			for i := 0; ; i++ {
-				if i%64 == 0 && !time.Now().Before(deadline) {
-					break
-				}
-				// Paced: this worker's share of the attempts due by now.
-				for rate > 0 && float64(i) >= time.Since(start).Seconds()*rate/float64(workers) {
-					time.Sleep(time.Millisecond)
-				}
-				if err := synOnce(from, to); err != nil {
-					own.Errors++
-					own.FirstErr = keepFirst(own.FirstErr, err)
-					continue
-				}
-				own.Refused++
-			}
-			mu.Lock()
-			all.Refused += own.Refused
-			all.Errors += own.Errors
-			all.FirstErr = keepFirst(all.FirstErr, own.FirstErr)
-			mu.Unlock()
-		}()
-	}
-	wg.Wait()
-	all.Elapsed = time.Since(start)
-	return all
+	return floodLoop(workers, rate, d, func() error { return synOnce(from, to) })
 }
 
 // synOnce sends one SYN: connect on a non-blocking socket returns EINPROGRESS
