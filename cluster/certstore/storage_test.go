@@ -55,10 +55,10 @@ func TestStorageMirrorsFileStorage(t *testing.T) {
 		"certificates/ca/example.com/example.com.json": "{}",
 		"certificates/ca/other.org/other.org.crt":      "other",
 		"acme/ca/users/ops@example.com/ops.json":       "account",
-		"a/b/c":   "abc",
-		"a.txt":   "dot",
-		"a/b.txt": "b-dot",
-		"top":     "top-level value",
+		"a/b/c":                                        "abc",
+		"a.txt":                                        "dot",
+		"a/b.txt":                                      "b-dot",
+		"top":                                          "top-level value",
 	}
 	for name, st := range stores {
 		for k, v := range keys {
