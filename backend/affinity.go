@@ -45,12 +45,13 @@ const (
 // choice first) when that server is usable here. On a store error or
 // timeout it returns the local choice: fail open.
 func (p *Pool) sharedRoute(order []*Server, key, reason string) ([]*Server, string) {
+	began := time.Now()
 	pin, err := p.pick(strings.Clone(key), order[0].Name)
 	if err != nil {
 		p.storeFailed("pick", err)
 		return order, reason
 	}
-	p.storeOK()
+	p.storeOK(began)
 	if pin.Fresh || pin.Server == "" {
 		return order, reason
 	}
@@ -101,12 +102,16 @@ func (p *Pool) reserve() time.Duration {
 // storeFailed logs the first failure of an outage (not one per login).
 func (p *Pool) storeFailed(op string, err error) {
 	if p.storeDown.CompareAndSwap(false, true) {
+		p.storeDownAt.Store(time.Now().UnixNano())
 		p.log.Warn("shared user pinning unavailable; routing on this node's own view", "op", op, "error", err)
 	}
 }
 
-func (p *Pool) storeOK() {
-	if p.storeDown.CompareAndSwap(true, false) {
+// storeOK ends an outage, unless the call that succeeded began before the
+// outage was noticed: a late answer sent just before Redis froze says
+// nothing about Redis now.
+func (p *Pool) storeOK(began time.Time) {
+	if p.storeDown.Load() && began.UnixNano() > p.storeDownAt.Load() && p.storeDown.CompareAndSwap(true, false) {
 		p.log.Info("shared user pinning available again")
 	}
 }
@@ -176,11 +181,12 @@ func (p *Pool) flush(ctx context.Context) {
 			n = len(u.sessions)
 		}
 		p.mu.RUnlock()
+		began := time.Now()
 		cctx, cancel := context.WithTimeout(ctx, p.storeTimeout)
 		err := p.store.Report(cctx, key, n, server, affinity)
 		cancel()
 		if err == nil {
-			p.storeOK()
+			p.storeOK(began)
 			delete(batch, key)
 			continue
 		}
@@ -198,11 +204,12 @@ func (p *Pool) flush(ctx context.Context) {
 
 // sharedMove pins key to name in the store too; an error is logged.
 func (p *Pool) sharedMove(key, name string, affinity time.Duration) {
+	began := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), p.storeTimeout)
 	defer cancel()
 	if err := p.store.Move(ctx, key, name, affinity); err != nil {
 		p.storeFailed("move", err)
 		return
 	}
-	p.storeOK()
+	p.storeOK(began)
 }

@@ -52,6 +52,7 @@ type Pool struct {
 	storeTimeout time.Duration
 	storeRefresh time.Duration
 	storeDown    atomic.Bool       // the last store call failed (one warning per outage)
+	storeDownAt  atomic.Int64      // when storeDown was set, Unix ns
 	syncMu       sync.Mutex        // guards dirty
 	dirty        map[string]string // users whose session count the store has not seen → server to pin or ""
 	syncWake     chan struct{}

@@ -280,6 +280,10 @@ func TestPoolsFailOpen(t *testing.T) {
 		t.Logf("%s: slowest Route %v (timeout %v)", what, worst, timeout)
 		return worst
 	}
+	// What Route may take at most: the timeout, plus scheduling slack on a
+	// loaded machine under -race; far below the client's own 3s read
+	// timeout that would apply without the pool's guard.
+	const bound = timeout + 900*time.Millisecond
 	route("Redis up")
 	const rounds = 200
 	start := time.Now()
@@ -290,7 +294,7 @@ func TestPoolsFailOpen(t *testing.T) {
 	s := login(t, g, "alice")
 
 	r.Pause()
-	if worst := route("Redis frozen"); worst > timeout+200*time.Millisecond {
+	if worst := route("Redis frozen"); worst > bound {
 		t.Errorf("Route took %v with Redis frozen, timeout %v", worst, timeout)
 	}
 	s.close() // the count goes to the background loop, which must not stall logins
@@ -305,7 +309,7 @@ func TestPoolsFailOpen(t *testing.T) {
 	})
 
 	r.Kill()
-	if worst := route("Redis killed"); worst > timeout+200*time.Millisecond {
+	if worst := route("Redis killed"); worst > bound {
 		t.Errorf("Route took %v with Redis dead, timeout %v", worst, timeout)
 	}
 	login(t, g, "carol")
