@@ -91,6 +91,36 @@ func (p *Pool) pick(key, want string) (Pin, error) {
 	}
 }
 
+// sharedWhere makes us tell the fleet's pin (read only) when it decides
+// the route here: its server is usable on this node.
+func (p *Pool) sharedWhere(us *UserStatus, key string) {
+	began := time.Now()
+	pin, err := p.pick(key, "")
+	if err != nil {
+		p.storeFailed("pick", err)
+		return
+	}
+	p.storeOK(began)
+	if pin.Server == "" {
+		return
+	}
+	p.mu.RLock()
+	s := p.byName[pin.Server]
+	usable := s != nil && s.usable()
+	p.mu.RUnlock()
+	if !usable {
+		return
+	}
+	us.Backend, us.Pinned, us.Reason = pin.Server, pin.Server, "affinity"
+	if pin.Moved {
+		us.Reason = "moved"
+	}
+	us.Until = time.Time{}
+	if pin.Sessions == 0 {
+		us.Until = pin.Until
+	}
+}
+
 // reserve is how long a fresh pin waits for its login's session: the
 // longest a login takes.
 func (p *Pool) reserve() time.Duration {

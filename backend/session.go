@@ -107,6 +107,15 @@ func take(set map[*session]struct{}, keep func(*session) bool) []*session {
 // its affinity.
 func (p *Pool) Where(user string) UserStatus {
 	key := strings.ToLower(user)
+	us := p.where(key)
+	if p.store != nil {
+		p.sharedWhere(&us, key)
+	}
+	return us
+}
+
+// where is Where on this node's own view.
+func (p *Pool) where(key string) UserStatus {
 	now := p.now()
 	p.mu.RLock()
 	defer p.mu.RUnlock()

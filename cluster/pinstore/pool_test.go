@@ -249,6 +249,21 @@ func TestPoolsShareUserPinning(t *testing.T) {
 		p := pinned()
 		return p.Server == other && p.Sessions == 3
 	})
+	if us := gws[1].pool.Where(user); us.Backend != other || us.Reason != "affinity" {
+		t.Errorf("node2 Where = %+v, want %s (affinity)", us, other)
+	}
+
+	// The operator moves the user through node1: every node sends its
+	// next login there, and says why.
+	if err := gws[0].pool.Move(user, home); err != nil {
+		t.Fatal(err)
+	}
+	if us := gws[2].pool.Where(user); us.Backend != home || us.Reason != "moved" {
+		t.Errorf("node3 Where after a move through node1 = %+v, want %s (moved)", us, home)
+	}
+	if order, _ := gws[1].pool.Route(user); order[0].Name != home {
+		t.Errorf("node2 Route after the move = %s, want %s", order[0].Name, home)
+	}
 }
 
 // TestPoolsFailOpen: with Redis frozen (SIGSTOP) or dead, a login routes
