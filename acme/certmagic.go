@@ -54,7 +54,7 @@ func (m *Manager) startACME(ctx context.Context, s *settings) (*magic, error) {
 		RenewalWindowRatio: m.opts.RenewalWindowRatio,
 		OnEvent:            m.onEvent,
 		ShouldEmitFunc:     func(event string) bool { return loggedEvents[event] },
-		Storage:            &certmagic.FileStorage{Path: s.acmeDir()},
+		Storage:            m.storage(s),
 		Logger:             zl,
 	})
 	mg.issuer = certmagic.NewACMEIssuer(mg.cfg, m.issuerTemplate(s.acme, httpLn, alpnLn, zl))
@@ -72,6 +72,14 @@ func (m *Manager) startACME(ctx context.Context, s *settings) (*magic, error) {
 	}
 	mg.manage(s.names)
 	return mg, nil
+}
+
+// storage is Options.Storage, else the files under server.state_dir.
+func (m *Manager) storage(s *settings) certmagic.Storage {
+	if m.opts.Storage != nil {
+		return m.opts.Storage
+	}
+	return &certmagic.FileStorage{Path: s.acmeDir()}
 }
 
 // issuerTemplate configures the ACME client. certmagic starts a challenge

@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/caddyserver/certmagic"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/imapgw/imapgw/conf"
@@ -54,6 +55,11 @@ type Options struct {
 	// release when it closes. nil: every source is admitted (the
 	// per-listener connection cap still applies).
 	Admit func(src netip.Addr) (release func(), err error)
+	// Storage, when set, holds the ACME account, certificates and locks
+	// instead of server.state_dir/acme: a storage shared by several gateways
+	// (cluster/certstore on Redis) makes one of them obtain and renew while
+	// the others wait on its lock and load the result. nil: FileStorage.
+	Storage certmagic.Storage
 	// ChallengeConnections caps the connections each challenge listener
 	// holds at once. Default 256, or 1/8 of the process's file-descriptor
 	// limit when that is lower (at least 16). Tests only.

@@ -13,6 +13,9 @@ import (
 func (p *Pool) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	if p.store != nil {
+		wg.Go(func() { p.syncLoop(ctx) })
+	}
 	interval := p.interval()
 	t := time.NewTicker(interval)
 	defer t.Stop()

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/imapgw/imapgw/conf"
@@ -18,6 +19,16 @@ type Options struct {
 	Now        func() time.Time      // default time.Now
 	Logger     *slog.Logger          // default slog.Default()
 	Registerer prometheus.Registerer // metrics registered by backend; nil: none registered
+
+	// Affinity, when set, shares user pinning with the other gateways of
+	// a fleet (cmd wires cluster/pinstore in); nil: this node alone.
+	Affinity AffinityStore
+	// AffinityTimeout bounds each wait on Affinity (cluster.timeout);
+	// past it a login routes on this node's view. Default 100ms.
+	AffinityTimeout time.Duration
+	// AffinityRefresh is how often the counts of open sessions are
+	// renewed in Affinity; the store's leases must outlast it. Default 20s.
+	AffinityRefresh time.Duration
 }
 
 // Pool is the set of configured servers, their health and the users' routes.
@@ -36,6 +47,15 @@ type Pool struct {
 	users    map[string]*userState   // lower-cased user → sessions and affinity
 	umap     *userMap                // nil: no map file
 	mapStamp fileStamp
+
+	store        AffinityStore // nil: no shared pinning
+	storeTimeout time.Duration
+	storeRefresh time.Duration
+	storeDown    atomic.Bool       // the last store call failed (one warning per outage)
+	storeDownAt  atomic.Int64      // when storeDown was set, Unix ns
+	syncMu       sync.Mutex        // guards dirty
+	dirty        map[string]string // users whose session count the store has not seen → server to pin or ""
+	syncWake     chan struct{}
 }
 
 // serverState is a server's health, drain flag and sessions. A reload keeps
@@ -63,6 +83,14 @@ func New(cfg conf.Backend, o Options) (*Pool, error) {
 	}
 	p := &Pool{now: o.Now, log: o.Logger, m: newMetrics(o.Registerer), wake: make(chan struct{}, 1),
 		byName: map[string]*Server{}, states: map[string]*serverState{}, users: map[string]*userState{}}
+	p.store, p.storeTimeout, p.storeRefresh = o.Affinity, o.AffinityTimeout, o.AffinityRefresh
+	if p.storeTimeout <= 0 {
+		p.storeTimeout = defaultAffinityTimeout
+	}
+	if p.storeRefresh <= 0 {
+		p.storeRefresh = defaultAffinityRefresh
+	}
+	p.dirty, p.syncWake = map[string]string{}, make(chan struct{}, 1)
 	if err := p.Reload(cfg); err != nil {
 		return nil, err
 	}

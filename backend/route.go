@@ -23,8 +23,13 @@ func (p *Pool) RouteInto(dst []*Server, user string) (order []*Server, reason st
 	key := lowerKey(user, &buf)
 	now := p.now()
 	p.mu.RLock()
-	defer p.mu.RUnlock()
-	return p.route(dst, key, now)
+	start := len(dst)
+	order, reason = p.route(dst, key, now)
+	p.mu.RUnlock()
+	if p.store != nil && len(order) > start {
+		_, reason = p.sharedRoute(order[start:], key, reason)
+	}
+	return order, reason
 }
 
 // route is RouteInto for a lower-cased key; p.mu is held.

@@ -52,11 +52,17 @@ func (p *Pool) SessionStarted(user string, s *Server, closeFn func(reason string
 	sess.state.sessions[sess] = struct{}{}
 	p.m.sessions.WithLabelValues(s.Name).Inc() // under p.mu: a reload may delete the series
 	p.mu.Unlock()
+	if p.store != nil {
+		p.markDirty(sess.key, s.Name)
+	}
 	var once sync.Once
 	return func() { once.Do(func() { p.endSession(sess) }) }
 }
 
 func (p *Pool) endSession(sess *session) {
+	if p.store != nil {
+		defer p.markDirty(sess.key, "")
+	}
 	now := p.now()
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -101,6 +107,15 @@ func take(set map[*session]struct{}, keep func(*session) bool) []*session {
 // its affinity.
 func (p *Pool) Where(user string) UserStatus {
 	key := strings.ToLower(user)
+	us := p.where(key)
+	if p.store != nil {
+		p.sharedWhere(&us, key)
+	}
+	return us
+}
+
+// where is Where on this node's own view.
+func (p *Pool) where(key string) UserStatus {
 	now := p.now()
 	p.mu.RLock()
 	defer p.mu.RUnlock()
@@ -136,7 +151,11 @@ func (p *Pool) Move(user, name string) error {
 	u := p.user(key)
 	u.pin, u.moved, u.until = name, true, now.Add(p.cfg.Affinity.Duration)
 	list := take(u.sessions, func(s *session) bool { return s.server.Name != name })
+	affinity := p.cfg.Affinity.Duration
 	p.mu.Unlock()
+	if p.store != nil {
+		p.sharedMove(key, name, affinity)
+	}
 	n := closeAll(list, "moved to backend "+name+" by the operator")
 	p.log.Info("user moved", "user", key, "backend", name, "closed", n)
 	return nil

@@ -180,6 +180,17 @@ func (p *Pebble) Stop() {
 	p.pebble = nil
 }
 
+// Log returns what the running Pebble has written since its last Start
+// (its log of orders, validations and issued certificates); "" when stopped.
+func (p *Pebble) Log() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.pebble == nil {
+		return ""
+	}
+	return p.pebble.out.String()
+}
+
 // Roots returns a pool with the root that Pebble's certificates chain to
 // (management API GET /roots/0), regenerated at each Start.
 func (p *Pebble) Roots(t testing.TB) *x509.CertPool {
