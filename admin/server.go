@@ -84,6 +84,8 @@ type Options struct {
 	InKernel func(netip.Prefix) bool
 	// Sessions lists the active sessions. nil: none.
 	Sessions Sessions
+	// Listeners lists the IMAP listeners for the status page. nil: none shown.
+	Listeners func() []ListenerInfo
 	// Backends is the backend pool. nil: its routes answer 501.
 	Backends Backends
 	// Certs lists the loaded certificates. nil: none.
@@ -106,11 +108,15 @@ type Options struct {
 
 // Server is the admin HTTP endpoint.
 type Server struct {
-	o       Options
-	started time.Time
-	token   []byte // sha256 of Options.Token; nil when authentication is off
-	hosts   hostRule
-	http    *http.Server
+	o        Options
+	started  time.Time
+	token    []byte // sha256 of Options.Token; nil when authentication is off
+	hosts    hostRule
+	http     *http.Server
+	uiKey    []byte        // signs the status page's session cookies and CSRF tokens
+	logins   loginRing     // per-minute login outcomes for the status page
+	stop     chan struct{} // closed by Shutdown: ends the login sampler
+	stopOnce sync.Once
 
 	mu sync.Mutex
 	ln net.Listener
@@ -139,7 +145,7 @@ func New(o Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{o: o, started: o.Now(), hosts: hosts}
+	s := &Server{o: o, started: o.Now(), hosts: hosts, uiKey: newUIKey(), stop: make(chan struct{})}
 	if o.Token != "" {
 		s.token = digest(o.Token)
 	}
@@ -172,6 +178,7 @@ func (s *Server) Start() error {
 		s.o.Logger.Warn("admin.address is not loopback and admin.tls is \"none\": the bearer token crosses the network in clear; set admin.tls",
 			"address", s.o.Address)
 	}
+	go s.sampleLoop(s.stop)
 	go func() {
 		serve := s.http.Serve
 		if s.o.TLS != nil {
@@ -196,5 +203,6 @@ func (s *Server) Addr() net.Addr {
 
 // Shutdown stops accepting and waits for requests in flight until ctx ends.
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.stopOnce.Do(func() { close(s.stop) })
 	return s.http.Shutdown(ctx)
 }
