@@ -38,7 +38,9 @@ func uiHeaders(w http.ResponseWriter) {
 	h.Set("Cache-Control", "no-store")
 	h.Set("X-Frame-Options", "DENY")
 	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Referrer-Policy", "no-referrer")
+	// same-origin, not no-referrer: with no-referrer Chromium sends
+	// "Origin: null" on the page's own form posts, which sameOrigin refuses.
+	h.Set("Referrer-Policy", "same-origin")
 	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'self'; script-src 'self'; "+
 		"connect-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 }
@@ -112,7 +114,12 @@ func (s *Server) uiLogin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
-	if !sameOrigin(r) || r.ParseForm() != nil || !s.tokenMatches(r.PostForm.Get("token")) {
+	if !sameOrigin(r) {
+		s.o.Logger.Warn("admin: status page login refused", "ip", remoteIP(r), "outcome", "other_origin")
+		http.Error(w, "login form posted from another origin", http.StatusForbidden)
+		return
+	}
+	if r.ParseForm() != nil || !s.tokenMatches(r.PostForm.Get("token")) {
 		s.o.Logger.Warn("admin: status page login refused", "ip", remoteIP(r), "outcome", "wrong_token")
 		s.renderLogin(w, http.StatusUnauthorized, "Wrong token.")
 		return
