@@ -7,6 +7,8 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"slices"
@@ -83,7 +85,7 @@ func eval[T any](t *testing.T, ctx context.Context, js string) T {
 // a ban that appears by itself, lifts it with its button, and the source logs
 // in again. A hostile user name shows as text, a half-typed form survives the
 // refreshes, and requests without the cookie or with a wrong CSRF token are
-// refused.
+// refused, as is a form another origin on the same host makes the browser post.
 func TestStatusPageInBrowser(t *testing.T) {
 	start := time.Now()
 	ctx := startBrowser(t, 50*time.Second)
@@ -187,8 +189,11 @@ func TestStatusPageInBrowser(t *testing.T) {
 	if want := []int{401, 403, 403, 401}; !slices.Equal(got, want) {
 		t.Errorf("ban without cookie, ban and lift with a forged CSRF token, live without cookie = %v, want %v", got, want)
 	}
-	if in := env.g.lim.Source(netip.MustParseAddr("192.0.2.9")); in.Ban != nil {
-		t.Errorf("a refused request banned 192.0.2.9")
+	crossSiteForm(t, ctx, base)
+	for _, ip := range []string{"192.0.2.9", "192.0.2.66"} {
+		if in := env.g.lim.Source(netip.MustParseAddr(ip)); in.Ban != nil {
+			t.Errorf("a refused request banned %s", ip)
+		}
 	}
 	if in := env.g.lim.Source(netip.MustParseAddr("192.0.2.7")); in.Ban == nil {
 		t.Errorf("a refused request lifted the ban of 192.0.2.7")
@@ -283,4 +288,34 @@ func saveScreenshot(t *testing.T, ctx context.Context, path string) {
 		t.Fatal(err)
 	}
 	t.Logf("screenshot of the status page: %s", path)
+}
+
+// crossSiteForm: a page on another port of the same host is the same site,
+// so the browser sends the SameSite=Strict cookie with its form; the origin
+// check and the CSRF token are what refuse it. The answer says which check
+// stopped it: "no session" (401) would mean the cookie did not go along.
+func crossSiteForm(t *testing.T, ctx context.Context, base string) {
+	t.Helper()
+	evil := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, `<!doctype html><form id="f" method="post" action="%s/ui/bans">`+
+			`<input name="ip" value="192.0.2.66"><input name="csrf" value="forged"></form>`+
+			`<script>document.getElementById("f").submit()</script>`, base)
+	}))
+	defer evil.Close()
+	step(t, ctx, 10*time.Second, "opening a page on another origin", chromedp.Navigate(evil.URL))
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		loc, err := chromedp.Run(ctx, chromedp.Location())
+		if err == nil && loc == base+"/ui/bans" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the other origin's form did not post to %s/ui/bans (location %q, %v)", base, loc, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	body, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.body.innerText`))
+	if err != nil || !strings.Contains(body, "CSRF token missing or wrong") {
+		t.Errorf("the answer to another origin's form = %q (%v), want the CSRF refusal", body, err)
+	}
 }
