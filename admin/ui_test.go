@@ -322,3 +322,28 @@ func TestLoginRing(t *testing.T) {
 		t.Errorf("ring holds %d minutes, want at most %d", len(r.mins), ringMinutes)
 	}
 }
+
+// TestUIBanInKernel: with bans.firewall the bans table says whether the
+// kernel drops each prefix.
+func TestUIBanInKernel(t *testing.T) {
+	dropped := netip.MustParsePrefix("192.0.2.1/32")
+	f := newFixture(t, func(o *Options) {
+		o.Token = ""
+		o.InKernel = func(p netip.Prefix) bool { return p == dropped }
+	})
+	f.lim.AddBan(netip.MustParseAddr("192.0.2.1"), time.Hour, "a")
+	f.lim.AddBan(netip.MustParseAddr("192.0.2.2"), time.Hour, "b")
+	b := newBrowser(t, f.base)
+	b.csrf() // the first visit without a token hands out the session cookie
+	_, body := b.get("/ui/live")
+	for prefix, want := range map[string]string{"192.0.2.1/32": `class="good">dropped<`, "192.0.2.2/32": `class="warn">not yet<`} {
+		i := strings.Index(body, `<tr data-prefix="`+prefix+`"`)
+		if i < 0 {
+			t.Fatalf("no row for %s in\n%s", prefix, body)
+		}
+		row, _, _ := strings.Cut(body[i:], "</tr>")
+		if !strings.Contains(row, want) {
+			t.Errorf("row of %s = %s, want %s", prefix, row, want)
+		}
+	}
+}

@@ -42,6 +42,7 @@ type pageView struct {
 	MoreRows   int           // sessions not in the table
 	Logins     loginChart
 	Bans       []banRow
+	Firewall   bool // bans.firewall is on: the bans table says what the kernel drops
 	Flash      *flash
 	Form       BanRequest // the ban form's values after a refused ban
 	StatsError string
@@ -59,8 +60,8 @@ type countRow struct {
 
 type banRow struct {
 	limiter.Ban
-	Lift     string // the address the lift form sends: the prefix's first
-	InKernel *bool
+	Lift   string // the address the lift form sends: the prefix's first
+	Kernel string // with bans.firewall: "dropped" or "not yet"; else ""
 }
 
 // view gathers the page's data for session sid.
@@ -69,7 +70,7 @@ func (s *Server) view(sid string) pageView {
 	v := pageView{
 		CSRF: s.csrfToken(sid), TokenAuth: s.token != nil, Refresh: int(uiRefresh / time.Millisecond),
 		Now: now, Started: s.started, Ready: s.ready(), Draining: s.draining(),
-		Certs: certStats(s.certs(), now), HasPool: s.o.Backends != nil,
+		Certs: certStats(s.certs(), now), HasPool: s.o.Backends != nil, Firewall: s.o.InKernel != nil,
 	}
 	if s.o.Backends != nil {
 		v.Backends = s.o.Backends.Servers()
@@ -121,8 +122,10 @@ func (s *Server) bansView(v *pageView, now time.Time) {
 		}
 		row := banRow{Ban: b, Lift: b.Prefix.Masked().Addr().String()}
 		if s.o.InKernel != nil {
-			in := s.o.InKernel(b.Prefix)
-			row.InKernel = &in
+			row.Kernel = "not yet"
+			if s.o.InKernel(b.Prefix) {
+				row.Kernel = "dropped"
+			}
 		}
 		v.Bans = append(v.Bans, row)
 	}
