@@ -13,6 +13,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -100,6 +101,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 	env := startAdminEnv(t, cfg, "")
 	base := "http://" + env.addr
 	lift := chromedp.CSS(`button.lift[data-prefix="` + pageAttacker + `/32"]`)
+	consoleProblems := watchConsole(t, ctx)
 
 	step(t, ctx, 15*time.Second, "logging in with the token",
 		chromedp.Navigate(base+"/"),
@@ -188,6 +190,9 @@ func TestStatusPageInBrowser(t *testing.T) {
 	})()`)
 	if want := []int{401, 403, 403, 401}; !slices.Equal(got, want) {
 		t.Errorf("ban without cookie, ban and lift with a forged CSRF token, live without cookie = %v, want %v", got, want)
+	}
+	if p := consoleProblems(); len(p) > 0 {
+		t.Errorf("the page's console reports script errors or blocked content:\n%s", strings.Join(p, "\n"))
 	}
 	crossSiteForm(t, ctx, base)
 	for _, ip := range []string{"192.0.2.9", "192.0.2.66"} {
@@ -317,5 +322,34 @@ func crossSiteForm(t *testing.T, ctx context.Context, base string) {
 	body, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.body.innerText`))
 	if err != nil || !strings.Contains(body, "CSRF token missing or wrong") {
 		t.Errorf("the answer to another origin's form = %q (%v), want the CSRF refusal", body, err)
+	}
+}
+
+// watchConsole collects, from now on, the page's uncaught exceptions and
+// what the browser blocked (a Content-Security-Policy violation: a style or
+// script the page's own policy refuses). The refused requests the test makes
+// on purpose log only "Failed to load resource", which is not collected.
+func watchConsole(t *testing.T, ctx context.Context) (problems func() []string) {
+	cctx, cancel := context.WithCancel(ctx)
+	t.Cleanup(cancel)
+	var mu sync.Mutex
+	var found []string
+	messages := chromedp.Console(cctx)
+	go func() {
+		for m, err := range messages {
+			if err != nil {
+				return
+			}
+			if m.IsException() || m.Source == "security" || strings.Contains(m.Text, "Content Security Policy") {
+				mu.Lock()
+				found = append(found, m.String())
+				mu.Unlock()
+			}
+		}
+	}()
+	return func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(found)
 	}
 }
