@@ -108,15 +108,12 @@ type Options struct {
 
 // Server is the admin HTTP endpoint.
 type Server struct {
-	o        Options
-	started  time.Time
-	token    []byte // sha256 of Options.Token; nil when authentication is off
-	hosts    hostRule
-	http     *http.Server
-	uiKey    []byte        // signs the status page's session cookies and CSRF tokens
-	logins   loginRing     // per-minute login outcomes for the status page
-	stop     chan struct{} // closed by Shutdown: ends the login sampler
-	stopOnce sync.Once
+	o       Options
+	started time.Time
+	token   []byte // sha256 of Options.Token; nil when authentication is off
+	hosts   hostRule
+	http    *http.Server
+	ui      uiState // the status page's signing key and login history
 
 	mu sync.Mutex
 	ln net.Listener
@@ -145,7 +142,7 @@ func New(o Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{o: o, started: o.Now(), hosts: hosts, uiKey: newUIKey(), stop: make(chan struct{})}
+	s := &Server{o: o, started: o.Now(), hosts: hosts, ui: newUIState()}
 	if o.Token != "" {
 		s.token = digest(o.Token)
 	}
@@ -178,7 +175,7 @@ func (s *Server) Start() error {
 		s.o.Logger.Warn("admin.address is not loopback and admin.tls is \"none\": the bearer token crosses the network in clear; set admin.tls",
 			"address", s.o.Address)
 	}
-	go s.sampleLoop(s.stop)
+	go s.sampleLoop(s.ui.stop)
 	go func() {
 		serve := s.http.Serve
 		if s.o.TLS != nil {
@@ -203,6 +200,6 @@ func (s *Server) Addr() net.Addr {
 
 // Shutdown stops accepting and waits for requests in flight until ctx ends.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.stopOnce.Do(func() { close(s.stop) })
+	s.ui.stopOnce.Do(func() { close(s.ui.stop) })
 	return s.http.Shutdown(ctx)
 }

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"net/http"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/imapgw/imapgw/limiter"
@@ -17,6 +18,18 @@ import (
 // rendered page, its CSS and a few lines of script embedded in the binary,
 // nothing fetched from elsewhere. Its forms post to /ui/…, never to /api/v1,
 // which stays JSON-only.
+
+// uiState is what the status page keeps between requests.
+type uiState struct {
+	key      []byte        // signs session cookies and CSRF tokens; made at start
+	logins   loginRing     // per-minute login outcomes
+	stop     chan struct{} // closed by Shutdown: ends the login sampler
+	stopOnce sync.Once
+}
+
+func newUIState() uiState {
+	return uiState{key: newUIKey(), stop: make(chan struct{})}
+}
 
 // uiRefresh is how often the page re-fetches its live part.
 const uiRefresh = 2 * time.Second

@@ -36,7 +36,7 @@ func newUIKey() []byte {
 }
 
 func (s *Server) mac(kind string, data []byte) []byte {
-	m := hmac.New(sha256.New, s.uiKey)
+	m := hmac.New(sha256.New, s.ui.key)
 	m.Write([]byte(kind))
 	m.Write([]byte{0})
 	m.Write(data)

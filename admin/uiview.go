@@ -80,7 +80,7 @@ func (s *Server) view(sid string) pageView {
 	if err := s.sampleLogins(); err != nil {
 		v.StatsError = err.Error()
 	}
-	v.Logins = chart(s.logins.perMinute(now))
+	v.Logins = chart(s.ui.logins.perMinute(now))
 	return v
 }
 
@@ -140,7 +140,7 @@ func (s *Server) sampleLogins() error {
 	if err != nil && len(fams) == 0 {
 		return fmt.Errorf("gathering metrics: %w", err)
 	}
-	s.logins.record(s.o.Now(), sumBy(fams, metricLogins, "outcome"))
+	s.ui.logins.record(s.o.Now(), sumBy(fams, metricLogins, "outcome"))
 	return nil
 }
 
