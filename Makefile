@@ -24,7 +24,7 @@ define gofmt_check
 	fi
 endef
 
-.PHONY: all build test deps lint vet fmt-check fuzz demo bench soak clean man install uninstall
+.PHONY: all build test deps lint vet fmt-check fuzz demo bench soak screenshot clean man install uninstall
 
 all: build
 
@@ -71,6 +71,11 @@ bench:
 soak:
 	bash scripts/deps.sh
 	$(GO) test -v -count=1 -timeout 20m ./soak -run TestSoak -args -soak -duration=60s
+
+# docs/status-page.png: the status page in headless Chromium, taken by the
+# browser test in the middle of its attack (needs chromium and dovecot).
+screenshot:
+	$(GO) test -count=1 -run '^TestStatusPageInBrowser$$' ./cmd/imapgw -args -screenshot=$(CURDIR)/docs/status-page.png
 
 clean:
 	rm -rf bin

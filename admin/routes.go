@@ -77,6 +77,7 @@ func (s *Server) routes() http.Handler {
 		}
 		mux.Handle(path, s.guard(public[path], methodNotAllowed(methods)))
 	}
+	s.uiRoutes(mux)
 	mux.Handle("/", s.guard(false, func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such route: "+r.URL.Path)
 	}))

@@ -84,6 +84,8 @@ type Options struct {
 	InKernel func(netip.Prefix) bool
 	// Sessions lists the active sessions. nil: none.
 	Sessions Sessions
+	// Listeners lists the IMAP listeners for the status page. nil: none shown.
+	Listeners func() []ListenerInfo
 	// Backends is the backend pool. nil: its routes answer 501.
 	Backends Backends
 	// Certs lists the loaded certificates. nil: none.
@@ -111,6 +113,7 @@ type Server struct {
 	token   []byte // sha256 of Options.Token; nil when authentication is off
 	hosts   hostRule
 	http    *http.Server
+	ui      uiState // the status page's signing key and login history
 
 	mu sync.Mutex
 	ln net.Listener
@@ -139,7 +142,7 @@ func New(o Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{o: o, started: o.Now(), hosts: hosts}
+	s := &Server{o: o, started: o.Now(), hosts: hosts, ui: newUIState()}
 	if o.Token != "" {
 		s.token = digest(o.Token)
 	}
@@ -172,6 +175,7 @@ func (s *Server) Start() error {
 		s.o.Logger.Warn("admin.address is not loopback and admin.tls is \"none\": the bearer token crosses the network in clear; set admin.tls",
 			"address", s.o.Address)
 	}
+	go s.sampleLoop(s.ui.stop)
 	go func() {
 		serve := s.http.Serve
 		if s.o.TLS != nil {
@@ -196,5 +200,6 @@ func (s *Server) Addr() net.Addr {
 
 // Shutdown stops accepting and waits for requests in flight until ctx ends.
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.ui.stopOnce.Do(func() { close(s.ui.stop) })
 	return s.http.Shutdown(ctx)
 }

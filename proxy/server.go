@@ -21,10 +21,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/imapgw/imapgw/backend"
 	"github.com/imapgw/imapgw/conf"
 	"github.com/imapgw/imapgw/limiter"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Policy is what the proxy asks before admitting a connection or a login.
@@ -108,6 +109,13 @@ func New(cfg *conf.Config, o Options) (*Server, error) {
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.cfg.Store(cfg)
+	if o.Registerer != nil {
+		// The ceiling next to imapgw_sessions, so an alert can say "near
+		// max_connections" without copying the config into the rules.
+		o.Registerer.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "imapgw_max_connections", Help: "limits.max_connections in force: the most open sessions the gateway accepts.",
+		}, func() float64 { return float64(s.Config().Limits.MaxConnections) }))
+	}
 	return s, nil
 }
 
@@ -149,6 +157,23 @@ func (s *Server) Addrs() []net.Addr {
 		if ln := s.listeners[l.Address]; ln != nil {
 			out = append(out, ln.ln.Addr())
 		}
+	}
+	return out
+}
+
+// BoundListener is a configured listener's address and where it is bound.
+type BoundListener struct {
+	Address, Bound string
+}
+
+// Listeners returns the open listeners: each configured address and the
+// address it is bound to (the port, when the config says ":0").
+func (s *Server) Listeners() []BoundListener {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]BoundListener, 0, len(s.listeners))
+	for addr, ln := range s.listeners {
+		out = append(out, BoundListener{addr, ln.ln.Addr().String()})
 	}
 	return out
 }

@@ -39,20 +39,21 @@ func (g *gateway) newAdmin(a conf.Admin) (*admin.Server, error) {
 		return nil, err
 	}
 	return admin.New(admin.Options{
-		Address:  a.Address,
-		Token:    token,
-		Names:    a.Names,
-		TLS:      tlsConf,
-		Gatherer: g.reg,
-		Bans:     g.lim,
-		InKernel: g.firewallInKernel(),
-		Sessions: admin.SessionsFunc(g.sessions),
-		Backends: poolAdmin{g.pool},
-		Certs:    g.certs.Certificates,
-		Ready:    g.certs.Ready,
-		Draining: g.draining.Load,
-		Reload:   g.reloadNotified,
-		Logger:   g.log.With("part", "admin"),
+		Address:   a.Address,
+		Token:     token,
+		Names:     a.Names,
+		TLS:       tlsConf,
+		Gatherer:  g.reg,
+		Bans:      g.lim,
+		InKernel:  g.firewallInKernel(),
+		Sessions:  admin.SessionsFunc(g.sessions),
+		Listeners: g.listeners,
+		Backends:  poolAdmin{g.pool},
+		Certs:     g.certs.Certificates,
+		Ready:     g.certs.Ready,
+		Draining:  g.draining.Load,
+		Reload:    g.reloadNotified,
+		Logger:    g.log.With("part", "admin"),
 	})
 }
 
@@ -92,4 +93,20 @@ func adminSession(s proxy.SessionInfo) admin.SessionInfo {
 		ID: s.ID, Client: s.Client, Listener: s.Listener, User: s.User, Backend: s.Backend,
 		State: s.State, Since: s.Since, BytesIn: s.BytesIn, BytesOut: s.BytesOut,
 	}
+}
+
+// listeners describes the configured IMAP listeners and where each is bound,
+// for the status page.
+func (g *gateway) listeners() []admin.ListenerInfo {
+	bound := map[string]string{}
+	for _, b := range g.srv.Listeners() {
+		bound[b.Address] = b.Bound
+	}
+	var out []admin.ListenerInfo
+	for _, l := range g.srv.Config().Listen {
+		out = append(out, admin.ListenerInfo{
+			Address: l.Address, Bound: bound[l.Address], TLS: string(l.TLS), ProxyProtocol: l.ProxyProtocol,
+		})
+	}
+	return out
 }
