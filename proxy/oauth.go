@@ -55,7 +55,10 @@ func parseXOAuth2(msg []byte) (oauthMsg, error) {
 			m.token = t
 		}
 	}
-	return m, checkOAuth(msg, m)
+	if err := checkOAuth(msg, m); err != nil {
+		return oauthMsg{}, err
+	}
+	return m, nil
 }
 
 // parseOAuthBearer reads RFC 7628's client response: a GS2 header
@@ -88,7 +91,10 @@ func parseOAuthBearer(msg []byte) (oauthMsg, error) {
 			}
 		}
 	}
-	return m, checkOAuth(msg, m)
+	if err := checkOAuth(msg, m); err != nil {
+		return oauthMsg{}, err
+	}
+	return m, nil
 }
 
 // gs2Header returns the authzid of "n,a=user," (RFC 5801 section 4, with
