@@ -1,13 +1,16 @@
 package proxy_test
 
 import (
+	"encoding/base64"
 	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/imapgw/imapgw/conf"
 	"github.com/imapgw/imapgw/internal/testbed"
+	"github.com/imapgw/imapgw/limiter"
 )
 
 // OAuth logins through the gateway against a real Dovecot whose oauth2 passdb
@@ -146,4 +149,161 @@ func TestOAuthDovecotLogin(t *testing.T) {
 		t.Errorf("imapgw_logins_total{outcome=ok} = %v, want 8", got)
 	}
 	assertNoTokens(t, logs+d.Log(), "tok-alice-good")
+}
+
+// expectChallenge reads the backend's error challenge relayed by the gateway
+// and checks it is the base64 JSON Dovecot sends with status want.
+func (c *rawClient) expectChallenge(want string) {
+	c.t.Helper()
+	l := c.line()
+	if !strings.HasPrefix(l, "+ ") {
+		c.t.Fatalf("reply %q, want the error challenge", l)
+	}
+	js, err := base64.StdEncoding.DecodeString(l[2:])
+	if err != nil || !strings.Contains(string(js), `"status":"`+want+`"`) {
+		c.t.Fatalf("challenge %q decodes to %q, %v: want JSON with status %q", l, js, err, want)
+	}
+}
+
+// oauthSource dials the TLS listener from src.
+func oauthSource(t *testing.T, g *gateway, src string) *rawClient {
+	t.Helper()
+	c := dialRawFrom(t, src, g.implicit, g.clientTLS())
+	greeting(t, c)
+	return c
+}
+
+func failures(g *gateway, src string) int {
+	return g.lim.Source(netip.MustParseAddr(src)).Failures
+}
+
+// TestOAuthDovecotFailures: with Dovecot's defaults, a refused token gets the
+// error challenge, the client's answer, then NO [AUTHENTICATIONFAILED], and
+// the policy counts it like a wrong password: revoked tokens with both
+// mechanisms, a token presented for another user, a message with no user
+// (keyed by the token's hash), a client cancelling at the error challenge.
+// Cancelling before the message is not a login and counts nothing.
+func TestOAuthDovecotFailures(t *testing.T) {
+	d, in, g := startOAuthDovecot(t, testbed.DovecotOptions{}, policyConfig(t.TempDir()))
+	in.Grant("tok-alice", "alice")
+	cases := []struct {
+		name, src string
+		run       func(c *rawClient)
+		counted   int
+	}{
+		{"revoked XOAUTH2", "127.0.0.41", func(c *rawClient) {
+			c.send("a AUTHENTICATE XOAUTH2 " + xoauth2("alice", "tok-revoked") + "\r\n")
+			c.expectChallenge("401")
+			c.send("\r\n") // what XOAUTH2 clients answer
+			c.expect("a NO [AUTHENTICATIONFAILED]")
+		}, 1},
+		{"revoked OAUTHBEARER without SASL-IR", "127.0.0.42", func(c *rawClient) {
+			c.send("a AUTHENTICATE OAUTHBEARER\r\n")
+			c.expect("+")
+			c.send(oauthbearer("alice", "tok-revoked") + "\r\n")
+			c.expectChallenge("invalid_token")
+			c.send("AQ==\r\n") // RFC 7628 section 3.2.3: a ^A
+			c.expect("a NO [AUTHENTICATIONFAILED]")
+		}, 1},
+		{"alice's token for bob", "127.0.0.43", func(c *rawClient) {
+			c.send("a AUTHENTICATE XOAUTH2 " + xoauth2("bob", "tok-alice") + "\r\n")
+			c.expectChallenge("401")
+			c.send("\r\n")
+			c.expect("a NO [AUTHENTICATIONFAILED]")
+		}, 1},
+		{"no user", "127.0.0.44", func(c *rawClient) {
+			// Dovecot 2.3 needs a=: it refuses at once, no challenge.
+			c.send("a AUTHENTICATE OAUTHBEARER " + b64("n,,\x01auth=Bearer tok-alice\x01\x01") + "\r\n")
+			c.expect("a NO [AUTHENTICATIONFAILED]")
+		}, 1},
+		{"cancel at the error challenge", "127.0.0.45", func(c *rawClient) {
+			c.send("a AUTHENTICATE XOAUTH2 " + xoauth2("alice", "tok-revoked") + "\r\n")
+			c.expectChallenge("401")
+			c.send("*\r\n")
+			c.expect("a NO [AUTHENTICATIONFAILED]")
+		}, 1},
+		{"cancel before the message", "127.0.0.46", func(c *rawClient) {
+			c.send("a AUTHENTICATE XOAUTH2\r\n")
+			c.expect("+")
+			c.send("*\r\n")
+			c.expect("a BAD")
+		}, 0},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel() // each source waits out Dovecot's failure delay once
+			c := oauthSource(t, g, tc.src)
+			tc.run(c)
+			if got := failures(g, tc.src); got != tc.counted {
+				t.Errorf("failures counted for %s = %d, want %d", tc.src, got, tc.counted)
+			}
+			c.send("z LOGOUT\r\n")
+			c.until("z OK")
+		})
+	}
+	t.Cleanup(func() {
+		if got := loginsTotal(t, g, "failed"); got != 5 {
+			t.Errorf("imapgw_logins_total{outcome=failed} = %v, want 5", got)
+		}
+		logs := g.logs.String()
+		for _, want := range []string{"user=bob mech=XOAUTH2 outcome=failed", "user=oauth-token:", "mech=OAUTHBEARER outcome=failed"} {
+			if !strings.Contains(logs, want) {
+				t.Errorf("the gateway log lacks %q", want)
+			}
+		}
+		assertNoTokens(t, logs+d.Log(), "tok-alice", "tok-revoked")
+	})
+}
+
+// TestOAuthStaleTokenAndSpray: a phone retrying one expired token counts once
+// however often it tries; a source trying many tokens for many users is
+// banned as a spray.
+func TestOAuthStaleTokenAndSpray(t *testing.T) {
+	d, _, g := startOAuthDovecot(t, testbed.DovecotOptions{NoAuthPenalty: true, AuthFailureDelay: -1,
+		Why: "several failures from one source are the test; Dovecot's penalty would add up to 15 s to each"},
+		policyConfig(t.TempDir()))
+	t.Run("stale token", func(t *testing.T) {
+		const src = "127.0.0.51"
+		for conn := 0; conn < 2; conn++ {
+			c := oauthSource(t, g, src)
+			for try := 0; try < 2; try++ {
+				c.send("a AUTHENTICATE XOAUTH2 " + xoauth2("alice", "tok-expired") + "\r\n")
+				c.expectChallenge("401")
+				c.send("\r\n")
+				c.expect("a NO [AUTHENTICATIONFAILED]")
+			}
+		}
+		if got := failures(g, src); got != 1 {
+			t.Errorf("4 tries of one token counted as %d failures, want 1", got)
+		}
+		if b := g.lim.Source(netip.MustParseAddr(src)).Ban; b != nil {
+			t.Errorf("one stale token banned its source: %+v", b)
+		}
+	})
+	t.Run("spray", func(t *testing.T) {
+		const src = "127.0.0.52"
+		spray := g.cfg.Bans.SprayAccounts
+		for i := 0; i < spray; i++ {
+			c := oauthSource(t, g, src)
+			user, tok := fmt.Sprintf("user%d", i), fmt.Sprintf("tok-spray-%d", i)
+			mech, msg := conf.MechXOAuth2, xoauth2(user, tok)
+			if i%2 == 1 {
+				mech, msg = conf.MechOAuthBearer, oauthbearer(user, tok)
+			}
+			if l := c.authenticate("a", mech, msg, true); !strings.HasPrefix(l, "+ ") {
+				t.Fatalf("try %d: %q, want the error challenge", i, l)
+			}
+			c.send("\r\n")
+			l := c.until("a ")
+			if !strings.HasPrefix(l, "a NO [AUTHENTICATIONFAILED]") {
+				t.Fatalf("try %d: %q, want a NO [AUTHENTICATIONFAILED]", i, l)
+			}
+		}
+		b := g.lim.Source(netip.MustParseAddr(src)).Ban
+		if b == nil || b.Reason != limiter.ReasonSpray {
+			t.Fatalf("after %d users' tokens failed, ban = %+v, want a spray ban", spray, b)
+		}
+		expectRefused(t, src, g.implicit)
+	})
+	assertNoTokens(t, g.logs.String()+d.Log(), "tok-expired", "tok-spray-0", "tok-spray-1")
 }
