@@ -307,3 +307,58 @@ func TestOAuthStaleTokenAndSpray(t *testing.T) {
 	})
 	assertNoTokens(t, g.logs.String()+d.Log(), "tok-expired", "tok-spray-0", "tok-spray-1")
 }
+
+// TestOAuthMechanisms: by default the OAuth mechanisms follow the backend.
+// Without health checks the first login's connection teaches them (an OAuth
+// login is tried while nothing is known); a backend without them gets none
+// offered and refuses them; [auth] mechanisms overrides both.
+func TestOAuthMechanisms(t *testing.T) {
+	in := testbed.StartIntrospection(t)
+	in.Grant("tok-alice", "alice")
+	d := testbed.StartDovecot(t, testbed.DovecotOptions{OAuth: in})
+
+	t.Run("first connection", func(t *testing.T) {
+		g := startGateway(t, d.Addr, nil) // no health checks
+		c := oauthSource(t, g, "127.0.0.1")
+		c.send("c CAPABILITY\r\n")
+		if l, _ := c.expect("* CAPABILITY"); strings.Contains(l, "XOAUTH2") {
+			t.Errorf("CAPABILITY before any backend connection = %q, want no OAuth", l)
+		}
+		c.expect("c OK")
+		if l := c.authenticate("a", conf.MechXOAuth2, xoauth2("alice", "tok-alice"), true); !strings.HasPrefix(l, "a OK") {
+			t.Fatalf("first XOAUTH2 login = %q, want a OK", l)
+		}
+		if l := greeting(t, dialRaw(t, g.implicit, g.clientTLS())); !strings.Contains(l, "AUTH=XOAUTH2 AUTH=OAUTHBEARER") {
+			t.Errorf("greeting after the first login = %q, want AUTH=XOAUTH2 AUTH=OAUTHBEARER", l)
+		}
+	})
+	t.Run("backend without OAuth", func(t *testing.T) {
+		g := startGateway(t, startDemo(t).Addr, nil)
+		g.runChecks(t)
+		waitFor(t, "the backend's capabilities", func() bool { _, known := g.pool.AuthMechanisms(); return known })
+		c := oauthSource(t, g, "127.0.0.1")
+		c.send("c CAPABILITY\r\n")
+		if l, _ := c.expect("* CAPABILITY"); strings.Contains(l, "XOAUTH2") || strings.Contains(l, "OAUTHBEARER") {
+			t.Errorf("CAPABILITY = %q, want no OAuth mechanism", l)
+		}
+		c.expect("c OK")
+		c.send("a AUTHENTICATE OAUTHBEARER " + oauthbearer("alice", "tok-alice") + "\r\n")
+		c.expect("a NO Unsupported authentication mechanism")
+	})
+	t.Run("configured", func(t *testing.T) {
+		g := startGateway(t, d.Addr, func(c *conf.Config) { c.Auth.Mechanisms = []string{"plain", "XOAUTH2"} })
+		c := oauthSource(t, g, "127.0.0.1")
+		c.send("c CAPABILITY\r\n")
+		if l, _ := c.expect("* CAPABILITY"); !strings.HasSuffix(l, " AUTH=PLAIN AUTH=XOAUTH2") {
+			t.Errorf("CAPABILITY = %q, want AUTH=PLAIN AUTH=XOAUTH2 and no other", l)
+		}
+		c.expect("c OK")
+		c.send("a AUTHENTICATE OAUTHBEARER " + oauthbearer("alice", "tok-alice") + "\r\n")
+		c.expect("a NO Unsupported authentication mechanism")
+		c.send("b AUTHENTICATE LOGIN\r\n")
+		c.expect("b NO Unsupported authentication mechanism")
+		if l := c.authenticate("d", conf.MechXOAuth2, xoauth2("alice", "tok-alice"), false); !strings.HasPrefix(l, "d OK") {
+			t.Fatalf("XOAUTH2 = %q, want d OK", l)
+		}
+	})
+}
