@@ -182,10 +182,12 @@ func failures(g *gateway, src string) int {
 // the policy counts it like a wrong password: revoked tokens with both
 // mechanisms, a token presented for another user, a message with no user
 // (keyed by the token's hash), a client cancelling at the error challenge.
-// Cancelling before the message is not a login and counts nothing.
+// Cancelling before the message is not a login, and an identity provider
+// answering 500 is Dovecot's internal failure: neither counts.
 func TestOAuthDovecotFailures(t *testing.T) {
 	d, in, g := startOAuthDovecot(t, testbed.DovecotOptions{}, policyConfig(t.TempDir()))
 	in.Grant("tok-alice", "alice")
+	in.Break("tok-broken")
 	cases := []struct {
 		name, src string
 		run       func(c *rawClient)
@@ -222,6 +224,12 @@ func TestOAuthDovecotFailures(t *testing.T) {
 			c.send("*\r\n")
 			c.expect("a NO [AUTHENTICATIONFAILED]")
 		}, 1},
+		{"identity provider down", "127.0.0.47", func(c *rawClient) {
+			// Dovecot's internal failure: the client is told to come back, and
+			// nobody is counted for the provider's outage.
+			c.send("a AUTHENTICATE XOAUTH2 " + xoauth2("alice", "tok-broken") + "\r\n")
+			c.expect("a NO [UNAVAILABLE]")
+		}, 0},
 		{"cancel before the message", "127.0.0.46", func(c *rawClient) {
 			c.send("a AUTHENTICATE XOAUTH2\r\n")
 			c.expect("+")
@@ -251,7 +259,7 @@ func TestOAuthDovecotFailures(t *testing.T) {
 				t.Errorf("the gateway log lacks %q", want)
 			}
 		}
-		assertNoTokens(t, logs+d.Log(), "tok-alice", "tok-revoked")
+		assertNoTokens(t, logs+d.Log(), "tok-alice", "tok-revoked", "tok-broken")
 	})
 }
 

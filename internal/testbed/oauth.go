@@ -22,13 +22,14 @@ type Introspection struct {
 
 	mu       sync.Mutex
 	tokens   map[string]string // token → user
+	broken   map[string]bool   // tokens answered 500, as by a provider in trouble
 	requests int
 }
 
 // StartIntrospection runs an introspection endpoint until the test ends.
 func StartIntrospection(t testing.TB) *Introspection {
 	t.Helper()
-	in := &Introspection{tokens: map[string]string{}}
+	in := &Introspection{tokens: map[string]string{}, broken: map[string]bool{}}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("introspection endpoint: %v", err)
@@ -56,6 +57,14 @@ func (in *Introspection) Revoke(token string) {
 	delete(in.tokens, token)
 }
 
+// Break makes the endpoint answer HTTP 500 for token, as an identity
+// provider in trouble does.
+func (in *Introspection) Break(token string) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	in.broken[token] = true
+}
+
 // Requests counts the introspection requests answered: how many tokens
 // reached the identity provider.
 func (in *Introspection) Requests() int {
@@ -73,7 +82,12 @@ func (in *Introspection) serve(w http.ResponseWriter, r *http.Request) {
 	in.mu.Lock()
 	in.requests++
 	user, ok := in.tokens[token]
+	broken := in.broken[token]
 	in.mu.Unlock()
+	if broken {
+		http.Error(w, "introspection unavailable", http.StatusInternalServerError)
+		return
+	}
 	answer := map[string]any{"active": false}
 	if ok && token != "" {
 		answer = map[string]any{"active": true, "username": user, "scope": "mail", "token_type": "Bearer"}
