@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -217,6 +218,12 @@ func TestOAuthDovecotFailures(t *testing.T) {
 			// Dovecot 2.3 needs a=: it refuses at once, no challenge.
 			c.send("a AUTHENTICATE OAUTHBEARER " + b64("n,,\x01auth=Bearer tok-alice\x01\x01") + "\r\n")
 			c.expect("a NO [AUTHENTICATIONFAILED]")
+			// The admin API's session list names it by the token's hash.
+			sessions, _ := json.Marshal(g.srv.Sessions())
+			if !strings.Contains(string(sessions), `"user":"oauth-token:`) {
+				c.t.Errorf("sessions %s: want the session's user named oauth-token:…", sessions)
+			}
+			assertNoTokens(c.t, string(sessions), "tok-alice")
 		}, 1},
 		{"cancel at the error challenge", "127.0.0.45", func(c *rawClient) {
 			c.send("a AUTHENTICATE XOAUTH2 " + xoauth2("alice", "tok-revoked") + "\r\n")
@@ -259,7 +266,11 @@ func TestOAuthDovecotFailures(t *testing.T) {
 				t.Errorf("the gateway log lacks %q", want)
 			}
 		}
-		assertNoTokens(t, logs+d.Log(), "tok-alice", "tok-revoked", "tok-broken")
+		mfs, err := g.reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		assertNoTokens(t, logs+d.Log()+fmt.Sprint(mfs), "tok-alice", "tok-revoked", "tok-broken")
 	})
 }
 
