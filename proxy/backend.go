@@ -46,14 +46,15 @@ const (
 )
 
 type loginResult struct {
-	outcome    string
-	st         status   // the backend's tagged reply (OK, NO)
-	caps       string   // post-login capabilities
-	untagged   []string // other untagged responses, forwarded before the OK
-	err        error    // why, for the log (outcomeUnavailable)
-	challenged bool     // an OAuth token drew the backend's error challenge
-	bc         *backendConn
-	server     *backend.Server // the server that answered; nil when none could be dialed
+	outcome  string
+	st       status   // the backend's tagged reply (OK, NO)
+	caps     string   // post-login capabilities
+	untagged []string // other untagged responses, forwarded before the OK
+	err      error    // why, for the log (outcomeUnavailable)
+	bc       *backendConn
+	server   *backend.Server // the server that answered; nil when none could be dialed
+
+	challenged bool // an OAuth token drew the backend's error challenge
 }
 
 // errBackend marks an answer from the backend that makes no sense here.
