@@ -5,7 +5,7 @@ GO ?= go
 # Fuzz targets as pkgpath:FuzzName. `make test` runs each for TEST_FUZZTIME,
 # `make fuzz` for FUZZTIME, one after another. FUZZ_PARALLEL sets the number
 # of fuzz workers (go test -parallel; default: one per CPU).
-FUZZ_TARGETS ?= ./proxy/imapwire:FuzzParse ./limiter:FuzzTables ./proxy:FuzzSession ./proxy:FuzzResponse
+FUZZ_TARGETS ?= ./proxy/imapwire:FuzzParse ./limiter:FuzzTables ./proxy:FuzzSession ./proxy:FuzzResponse ./proxy:FuzzOAuth
 FUZZTIME ?= 10m
 TEST_FUZZTIME ?= 20s
 FUZZ_PARALLEL ?=

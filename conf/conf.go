@@ -17,6 +17,7 @@ type Config struct {
 	TLS     TLS      `toml:"tls"`
 	ACME    ACME     `toml:"acme"`
 	Backend Backend  `toml:"backend"`
+	Auth    Auth     `toml:"auth"`
 	Limits  Limits   `toml:"limits"`
 	Bans    Bans     `toml:"bans"`
 	Admin   Admin    `toml:"admin"`

@@ -64,6 +64,7 @@ func (v *validator) config(c *Config) {
 	v.listen(c.Listen)
 	v.tls(c)
 	v.backend(&c.Backend)
+	v.auth(&c.Auth)
 	v.limits(&c.Limits)
 	v.bans(&c.Bans)
 	v.admin(&c.Admin)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"strings"
 
+	"github.com/imapgw/imapgw/conf"
 	"github.com/imapgw/imapgw/proxy/imapwire"
 )
 
@@ -15,7 +16,8 @@ type creds struct {
 	authzid  string
 	user     string
 	password []byte
-	mech     string // "LOGIN", "PLAIN" or "AUTHENTICATE LOGIN": for the log
+	mech     string      // "LOGIN", "PLAIN", "AUTHENTICATE LOGIN", "XOAUTH2" or "OAUTHBEARER": for the log
+	oauth    *oauthCreds // XOAUTH2, OAUTHBEARER: password is the token
 }
 
 // mailbox is the user whose mail the session opens, which the backend pool
@@ -70,7 +72,14 @@ func (s *session) authenticate(cmd *imapwire.Command) (relaying, done bool) {
 	}
 	var c creds
 	var err error
-	switch mech := strings.ToUpper(string(cmd.Args[0].Bytes)); mech {
+	mech := strings.ToUpper(string(cmd.Args[0].Bytes))
+	if !s.accepts(mech) {
+		s.writef("%s NO Unsupported authentication mechanism\r\n", cmd.Tag)
+		return false, false
+	}
+	switch mech {
+	case conf.MechXOAuth2, conf.MechOAuthBearer:
+		c, err = s.saslOAuth(mech, ir, hasIR)
 	case "PLAIN":
 		c, err = s.saslPlain(ir, hasIR)
 	case "LOGIN":
@@ -106,6 +115,21 @@ func (s *session) saslFailed(tag string, err error) (relaying, done bool) {
 // response with the (base64) challenge and reads it. "=" is an empty initial
 // response (RFC 4959); "*" cancels (RFC 9051 section 6.2.2).
 func (s *session) saslResponse(challenge string, ir []byte, hasIR bool) ([]byte, error) {
+	line, err := s.saslLine(challenge, ir, hasIR)
+	if err != nil {
+		return nil, err
+	}
+	out, err := base64.StdEncoding.DecodeString(string(line))
+	if err != nil {
+		return nil, errBadSASL
+	}
+	return out, nil
+}
+
+// saslLine returns the client's response as sent (base64; an initial
+// response "=" is the empty one): the initial response, or the line answering
+// the challenge. "*" cancels.
+func (s *session) saslLine(challenge string, ir []byte, hasIR bool) ([]byte, error) {
 	line := ir
 	if !hasIR {
 		if err := s.writef("+ %s\r\n", challenge); err != nil {
@@ -122,11 +146,7 @@ func (s *session) saslResponse(challenge string, ir []byte, hasIR bool) ([]byte,
 	} else if string(line) == "=" {
 		return []byte{}, nil
 	}
-	out, err := base64.StdEncoding.DecodeString(string(line))
-	if err != nil {
-		return nil, errBadSASL
-	}
-	return out, nil
+	return line, nil
 }
 
 // saslPlain: message = [authzid] NUL authcid NUL passwd (RFC 4616).

@@ -23,6 +23,10 @@ type backendConn struct {
 	br     *bufio.Reader
 	caps   []string
 	server *backend.Server
+	// challenge relays a continuation the backend sends after the whole OAuth
+	// message (its error challenge) to the client and returns the answer; nil
+	// for other logins and once used.
+	challenge func(text string) (string, error)
 }
 
 func newBackendConn(c *backend.Conn, srv *backend.Server) *backendConn {
@@ -49,6 +53,8 @@ type loginResult struct {
 	err      error    // why, for the log (outcomeUnavailable)
 	bc       *backendConn
 	server   *backend.Server // the server that answered; nil when none could be dialed
+
+	challenged bool // an OAuth token drew the backend's error challenge
 }
 
 // errBackend marks an answer from the backend that makes no sense here.
@@ -100,6 +106,7 @@ func (s *session) dialRoute(ctx context.Context, user string) (*backendConn, err
 			if i > 0 {
 				s.srv.pool.CountFailover(user, order[i-1], srv)
 			}
+			s.srv.pool.NoteCaps(srv, c.Caps)
 			return newBackendConn(c, srv), nil
 		}
 		s.srv.pool.DialFailed(srv, err)
@@ -162,6 +169,9 @@ func (s *session) replayLogin(bc *backendConn, c creds) loginResult {
 	if err != nil {
 		return loginResult{outcome: outcomeUnavailable, err: err}
 	}
+	if c.oauth != nil {
+		bc.challenge = s.relayChallenge
+	}
 	if bc.server.ClientIP == conf.ClientIPID {
 		if bc.has("ID") {
 			chunks[0] = s.idCommand() + chunks[0]
@@ -191,6 +201,9 @@ func (s *session) idCommand() string {
 // a continuation request. AUTHENTICATE PLAIN with SASL-IR is preferred: one
 // round trip and any bytes; otherwise LOGIN with quoted strings or literals.
 func (bc *backendConn) loginChunks(c creds) ([]string, error) {
+	if c.oauth != nil {
+		return bc.oauthChunks(c)
+	}
 	plain := base64.StdEncoding.EncodeToString([]byte(c.authzid + "\x00" + c.user + "\x00" + string(c.password)))
 	switch {
 	case bc.has("AUTH=PLAIN") && bc.has("SASL-IR"):
@@ -250,6 +263,12 @@ func (bc *backendConn) loginReply(rest []string) loginResult {
 		}
 		st := parseStatus(line)
 		switch {
+		case st.Tag == "+" && len(rest) == 0 && bc.challenge != nil:
+			res.challenged = true
+			if err := bc.answerChallenge(st.Text); err != nil {
+				res.outcome, res.st = outcomeFailed, status{Kind: "NO", Text: err.Error()}
+				return res
+			}
 		case st.Tag == "+":
 			if len(rest) == 0 {
 				bc.conn.Write([]byte("*\r\n")) // cancel: nothing more to send
@@ -271,6 +290,11 @@ func (bc *backendConn) loginReply(rest []string) loginResult {
 		case st.Tag == "gwl":
 			res.st = st
 			res.outcome = classify(st)
+			if res.challenged && res.outcome != outcomeOK {
+				// The token was refused with the error challenge; whatever the
+				// tagged reply to the client's answer or cancel, it is a failure.
+				res.outcome = outcomeFailed
+			}
 			if res.outcome == outcomeUnavailable {
 				res.err = fmt.Errorf("%w: %s", errBackend, sanitize(st.String(), 120))
 			}

@@ -267,7 +267,7 @@ func (s *session) capabilities() string {
 	if !s.tls {
 		return caps + " STARTTLS LOGINDISABLED"
 	}
-	return caps + " AUTH=PLAIN AUTH=LOGIN"
+	return caps + " AUTH=" + strings.Join(s.mechanisms(), " AUTH=")
 }
 
 // loop reads and answers commands until the client logs in (true: the relay

@@ -73,6 +73,10 @@ type DovecotOptions struct {
 	// penalty, through a passdb that sets "nodelay" — the setting README's
 	// "Fronting Dovecot" gives for a Dovecot that also serves clients directly.
 	NoDelayFrom string
+	// OAuth adds Dovecot's oauth2 passdb for AUTHENTICATE XOAUTH2 and
+	// OAUTHBEARER (auth_mechanisms = plain login xoauth2 oauthbearer), checking
+	// tokens with this introspection endpoint (StartIntrospection).
+	OAuth *Introspection
 	// Why says why the test departs from Dovecot's defaults; StartDovecot fails a
 	// test that sets one of the three fields above without it.
 	Why string
@@ -150,6 +154,9 @@ func StartDovecot(t testing.TB, o DovecotOptions) *Dovecot {
 	d.conf.MailRoot, d.conf.PasswdFile = filepath.Join(o.shared, "mail"), filepath.Join(o.shared, "passwd")
 	if o.TLS {
 		d.setupTLS(t, o.CA)
+	}
+	if o.OAuth != nil {
+		d.conf.OAuthConf = o.OAuth.writeConf(t, d.Dir)
 	}
 	d.start(t, false)
 	return d

@@ -27,7 +27,11 @@ default_internal_user = {{.InternalUser}}
 default_internal_group = {{.InternalGroup}}
 
 disable_plaintext_auth = no
+{{- if .OAuthConf}}
+auth_mechanisms = plain login xoauth2 oauthbearer
+{{- else}}
 auth_mechanisms = plain login
+{{- end}}
 auth_failure_delay = {{.FailureDelay}}
 # Loopback is trusted: the ID x-originating-ip field is believed. (That does not
 # exempt it from the auth penalty, which is keyed on the address believed.)
@@ -54,9 +58,21 @@ passdb {
   result_failure = continue
 }
 {{- end}}
+{{- if .OAuthConf}}
+# OAuth 2.0 tokens, checked by the introspection endpoint named in the file.
+passdb {
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {{.OAuthConf}}
+}
+{{- end}}
 passdb {
   driver = passwd-file
   args = scheme=PLAIN {{.PasswdFile}}
+{{- if .OAuthConf}}
+  # A token the oauth2 passdb refused is not then tried as a password.
+  mechanisms = plain login
+{{- end}}
 }
 userdb {
   driver = static
@@ -115,6 +131,7 @@ type dovecotConfData struct {
 	NoDelayFrom                            string
 	Root, TLS, NoPenalty                   bool
 	CertFile, KeyFile                      string
+	OAuthConf                              string // the oauth2 passdb's settings file; "" without OAuth
 	Port, ProxyPort, TLSPort               int
 }
 
