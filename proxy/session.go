@@ -143,8 +143,11 @@ func (s *session) end() {
 	s.closed = true
 	s.mu.Unlock()
 	s.raw.Close()
-	s.release()
+	// Untracked before the slot is given back: a session admitted into the
+	// freed slot must not be listed next to this one, or the sessions shown
+	// (admin, status page, tests) would exceed max_connections for a moment.
 	s.srv.untrack(s)
+	s.release()
 }
 
 // interrupt wakes a pre-auth read at shutdown; loop then says BYE.
