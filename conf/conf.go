@@ -19,6 +19,7 @@ type Config struct {
 	Backend Backend  `toml:"backend"`
 	Limits  Limits   `toml:"limits"`
 	Bans    Bans     `toml:"bans"`
+	Cluster Cluster  `toml:"cluster"`
 	Admin   Admin    `toml:"admin"`
 	Log     Log      `toml:"log"`
 
@@ -270,8 +271,9 @@ func Default() *Config {
 			Firewall:        FirewallNone,
 			FirewallTable:   "imapgw",
 		},
-		Admin: Admin{Address: "127.0.0.1:9993", TLS: TLSNone},
-		Log:   Log{Level: "info", Format: "text"},
+		Cluster: Cluster{KeyPrefix: "imapgw:", Timeout: D(100 * time.Millisecond), Node: defaultHostname()},
+		Admin:   Admin{Address: "127.0.0.1:9993", TLS: TLSNone},
+		Log:     Log{Level: "info", Format: "text"},
 	}
 }
 
