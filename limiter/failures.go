@@ -1,6 +1,7 @@
 package limiter
 
 import (
+	"cmp"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
@@ -78,9 +79,10 @@ func (l *Limiter) FailedAt(now time.Time, src netip.Addr, user string, secret []
 func (l *Limiter) failedAt(now time.Time, src netip.Addr, user string, secret []byte, att *Attempt) Verdict {
 	uh, sh := l.userHash(user), l.secretHash(secret)
 	var (
-		ban     *Ban // made by this failure
-		evicted []Ban
-		prot    *protection
+		ban      *Ban // made by this failure
+		evicted  []Ban
+		prot     *protection
+		shareKey *netip.Prefix // counted here: count it in the shared store too
 	)
 	l.mu.Lock()
 	if att != nil {
@@ -99,12 +101,22 @@ func (l *Limiter) failedAt(now time.Time, src netip.Addr, user string, secret []
 			break
 		}
 		var counted bool
-		counted, ban, evicted = l.countSource(now, l.key(src), uh, sh)
+		key := l.key(src)
+		counted, ban, evicted = l.countSource(now, key, uh, sh)
 		if counted {
 			prot = l.countAccount(now, uh)
+			if l.shared != nil {
+				shareKey = &key
+			}
 		}
 	}
 	l.mu.Unlock()
+	if shareKey != nil && ban == nil {
+		// The fleet's counts may ban where this node's alone do not (issue 13).
+		var sprot *protection
+		ban, evicted, sprot = l.shareFailure(now, src, *shareKey, uh, sh)
+		prot = cmp.Or(prot, sprot)
+	}
 	if ban != nil {
 		v.Banned, v.Until, v.Reason = true, ban.Until, ban.Reason
 		l.logBan(*ban)
@@ -215,6 +227,9 @@ func (l *Limiter) succeeded(now time.Time, src netip.Addr, uh uint64) {
 		}
 	}
 	l.good.Add(goodKey{user: uh, net: goodNet(src)}, now.UnixNano())
+	if l.shared != nil {
+		l.shared.Success(uh, goodNet(src), key)
+	}
 }
 
 func (l *Limiter) logProtect(p protection) {
@@ -235,7 +250,11 @@ func logUser(u string) string {
 // (bans.account_key): tables hold 8 bytes, not client-chosen strings of up to
 // max_line, and the names of one mailbox count together.
 func (l *Limiter) userHash(user string) uint64 {
-	return maphash.String(l.userSeed, accountName(*l.accountKey.Load(), user))
+	name := accountName(*l.accountKey.Load(), user)
+	if l.stableUsers.Load() {
+		return stableUserHash(name)
+	}
+	return maphash.String(l.userSeed, name)
 }
 
 // secretHash is HMAC-SHA256 of the password under a per-process random key,
