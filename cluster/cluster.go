@@ -63,7 +63,6 @@ type Cluster struct {
 
 	pol   Policy
 	up    atomic.Bool
-	lost  chan struct{} // the subscriber's connection broke
 	queue chan write    // ban writes, lifts and successes, in order
 
 	mu        sync.Mutex
@@ -87,7 +86,6 @@ func New(cfg conf.Cluster, o Options) (*Cluster, error) {
 		timeout: cfg.Timeout.Duration,
 		log:     o.Logger,
 		started: time.Now(),
-		lost:    make(chan struct{}, 1),
 		queue:   make(chan write, 4096),
 		pending: make(map[netip.Prefix]bool),
 	}
@@ -141,7 +139,7 @@ func (c *Cluster) loop(ctx context.Context) {
 	backoff := backoffFirst
 	everUp := false
 	for ctx.Err() == nil {
-		ps, err := c.connect(ctx)
+		ps, lost, err := c.connect(ctx)
 		if err != nil {
 			c.fail("connect", err)
 			if !sleep(ctx, backoff) {
@@ -153,7 +151,7 @@ func (c *Cluster) loop(ctx context.Context) {
 		backoff = backoffFirst
 		c.setUp(true, everUp)
 		everUp = true
-		c.serve(ctx, ps)
+		c.serve(ctx, lost)
 		ps.Close()
 		c.setUp(false, true)
 	}
@@ -162,34 +160,36 @@ func (c *Cluster) loop(ctx context.Context) {
 // connect subscribes, then loads the live bans and pushes what changed here
 // while Redis was away: subscribing first, nothing published in between is
 // missed.
-func (c *Cluster) connect(ctx context.Context) (*redis.PubSub, error) {
+// The returned channel is closed when the subscription breaks.
+func (c *Cluster) connect(ctx context.Context) (*redis.PubSub, <-chan struct{}, error) {
 	cctx, cancel := context.WithTimeout(ctx, syncTimeout)
 	defer cancel()
 	if err := c.heartbeat(cctx); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	ps := c.rdb.Subscribe(cctx, c.key("events"))
 	if _, err := ps.Receive(cctx); err != nil {
 		ps.Close()
-		return nil, fmt.Errorf("subscribing: %w", err)
+		return nil, nil, fmt.Errorf("subscribing: %w", err)
 	}
-	go c.subscriber(ctx, ps)
+	lost := make(chan struct{})
+	go c.subscriber(ctx, ps, lost)
 	if err := c.sync(cctx); err != nil {
 		ps.Close()
-		return nil, err
+		return nil, nil, err
 	}
-	return ps, nil
+	return ps, lost, nil
 }
 
 // serve beats until the heartbeat fails, the subscription breaks or ctx ends.
-func (c *Cluster) serve(ctx context.Context, ps *redis.PubSub) {
+func (c *Cluster) serve(ctx context.Context, lost <-chan struct{}) {
 	t := time.NewTicker(heartbeatEvery)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-c.lost:
+		case <-lost:
 			c.fail("subscribe", errors.New("subscription connection lost"))
 			return
 		case <-t.C:

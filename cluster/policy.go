@@ -295,16 +295,11 @@ func (c *Cluster) writeLift(ctx context.Context, pfx netip.Prefix) error {
 
 // subscriber applies other nodes' events until the subscription breaks
 // (then it tells the loop, which reconnects and reloads).
-func (c *Cluster) subscriber(ctx context.Context, ps *redis.PubSub) {
+func (c *Cluster) subscriber(ctx context.Context, ps *redis.PubSub, lost chan<- struct{}) {
+	defer close(lost)
 	for {
 		msg, err := ps.ReceiveMessage(ctx)
 		if err != nil {
-			if ctx.Err() == nil {
-				select {
-				case c.lost <- struct{}{}:
-				default:
-				}
-			}
 			return
 		}
 		c.handle(msg.Payload)
@@ -459,4 +454,3 @@ func toInt(v any) int {
 	}
 	return 0
 }
-
