@@ -63,7 +63,7 @@ type Cluster struct {
 
 	pol   Policy
 	up    atomic.Bool
-	queue chan write    // ban writes, lifts and successes, in order
+	queue chan write // ban writes, lifts and successes, in order
 
 	mu        sync.Mutex
 	lastErr   string
