@@ -61,9 +61,11 @@ type Cluster struct {
 	m       *metrics
 	started time.Time
 
-	pol   Policy
-	up    atomic.Bool
-	queue chan write // ban writes, lifts and successes, in order
+	pol      Policy
+	up       atomic.Bool
+	synced   chan struct{} // closed at the first connection's end of sync
+	syncOnce sync.Once
+	queue    chan write // ban writes, lifts and successes, in order
 
 	mu        sync.Mutex
 	lastErr   string
@@ -87,6 +89,7 @@ func New(cfg conf.Cluster, o Options) (*Cluster, error) {
 		log:     o.Logger,
 		started: time.Now(),
 		queue:   make(chan write, 4096),
+		synced:  make(chan struct{}),
 		pending: make(map[netip.Prefix]bool),
 	}
 	if c.log == nil {
@@ -114,6 +117,10 @@ func (c *Cluster) Timeout() time.Duration { return c.timeout }
 
 // Up reports whether Redis answered the last heartbeat.
 func (c *Cluster) Up() bool { return c.up.Load() }
+
+// Synced is closed once the first connection has loaded the live bans, so a
+// node starting into a running fleet can wait for them before it listens.
+func (c *Cluster) Synced() <-chan struct{} { return c.synced }
 
 // Attach makes p share its state through the cluster: p reports its bans,
 // failures and successes here, and the bans other nodes make reach p. Call
@@ -150,6 +157,7 @@ func (c *Cluster) loop(ctx context.Context) {
 		}
 		backoff = backoffFirst
 		c.setUp(true, everUp)
+		c.syncOnce.Do(func() { close(c.synced) })
 		everUp = true
 		c.serve(ctx, lost)
 		ps.Close()

@@ -303,20 +303,26 @@ func statusCmd(args []string, stdout, stderr io.Writer) int {
 	if err != nil && !admin.IsStatus(err, http.StatusNotImplemented) {
 		return fail(stderr, "status", err)
 	}
+	cl, err := c.Cluster(ctx)
+	if err != nil && !admin.IsStatus(err, http.StatusNotFound) { // 404: a gateway from before issue 13
+		return fail(stderr, "status", err)
+	}
 	if *f.json {
 		return printJSON(stdout, stderr, struct {
 			Stats    admin.Stats         `json:"stats"`
+			Cluster  admin.ClusterInfo   `json:"cluster"`
 			Backends []admin.BackendInfo `json:"backends"`
 			Sessions []admin.SessionInfo `json:"sessions"`
-		}{st, backends, sessions})
+		}{st, cl, backends, sessions})
 	}
+	printCounters(stdout, st)
+	fmt.Fprintf(stdout, "cluster        %s\n", fmtCluster(cl))
+	fmt.Fprintln(stdout)
 	printStatus(stdout, st, backends, sessions, time.Now())
 	return 0
 }
 
 func printStatus(w io.Writer, st admin.Stats, backends []admin.BackendInfo, sessions []admin.SessionInfo, now time.Time) {
-	printCounters(w, st)
-	fmt.Fprintln(w)
 	printCerts(w, st.Certificates)
 	fmt.Fprintln(w)
 	printBackends(w, backends, now)

@@ -48,6 +48,7 @@ func (g *gateway) newAdmin(a conf.Admin) (*admin.Server, error) {
 		InKernel: g.firewallInKernel(),
 		Sessions: admin.SessionsFunc(g.sessions),
 		Backends: poolAdmin{g.pool},
+		Cluster:  g.clusterInfo(),
 		Certs:    g.certs.Certificates,
 		Ready:    g.certs.Ready,
 		Draining: g.draining.Load,
