@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
@@ -254,6 +255,11 @@ func TestClusterProcesses(t *testing.T) {
 	info, _ := e.clusterInfo(t, "b")
 	if !info.Enabled || !info.Up || info.Node != "b" || len(info.Nodes) != 4 {
 		t.Errorf("b's /api/v1/cluster = %+v, want up, node b, 4 nodes seen", info)
+	}
+	var out, errOut bytes.Buffer
+	if rc := run([]string{"status", "-admin", e.nodes["c"].admin}, &out, &errOut); rc != 0 ||
+		!regexp.MustCompile(`cluster +up, node c, redis redis://:xxxxx@127\.0\.0\.1:\d+/0, 4 nodes seen`).MatchString(out.String()) {
+		t.Errorf("imapgw status on c = %d %s%s, want the cluster line", rc, out.String(), errOut.String())
 	}
 	for name, p := range e.nodes {
 		_, body := e.clusterInfo(t, name)
