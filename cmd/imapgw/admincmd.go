@@ -276,7 +276,11 @@ func printBans(w io.Writer, bans []limiter.Ban, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "PREFIX\tSOURCE\tREASON\tSTRIKES\tSINCE\tUNTIL\tLEFT")
 	for _, b := range bans {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", b.Prefix, b.Source, b.Reason, b.Strikes,
+		src := b.Source
+		if b.Node != "" { // [cluster]: the gateway that made it
+			src += "@" + b.Node
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", b.Prefix, src, b.Reason, b.Strikes,
 			fmtTime(b.Since), fmtTime(b.Until), fmtDuration(b.Until.Sub(now)))
 	}
 	tw.Flush()

@@ -195,6 +195,11 @@ func TestClusterProcesses(t *testing.T) {
 		t.Errorf("a's bans = %s, want 127.0.0.2/32 made by c (the 6th try)", body)
 	}
 
+	var list bytes.Buffer
+	if rc := run([]string{"bans", "list", "-admin", e.nodes["b"].admin}, &list, &list); rc != 0 || !strings.Contains(list.String(), "auto@c") {
+		t.Errorf("imapgw bans list on b = %d %s, want the ban with its node (auto@c)", rc, list.String())
+	}
+
 	// An operator's ban through a's API, and its lift.
 	if code, body := e.nodes["a"].mustDo(t, "POST", "/api/v1/bans", `{"ip": "127.0.0.3", "duration": "1h"}`); code != 201 {
 		t.Fatalf("POST /api/v1/bans = %d %s", code, body)
