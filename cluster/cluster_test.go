@@ -158,6 +158,37 @@ func TestSharedProtection(t *testing.T) {
 		t.Fatalf("owner through b refused: %v", err)
 	}
 	at.Done()
+	a.lim.AddBan(netip.MustParseAddr("192.0.2.1"), time.Hour, "")
+	a.lim.LiftBan(netip.MustParseAddr("192.0.2.1"))
+	a.lim.AddBan(netip.MustParseAddr("192.0.2.2"), time.Hour, "")
+	waitFor(t, time.Second, "ban on b", func() bool { return banned(b.lim, "192.0.2.2") })
+	checkTTLs(t, a.c)
+}
+
+// checkTTLs: every key carries the prefix and expires on its own.
+func checkTTLs(t *testing.T, c *Cluster) {
+	t.Helper()
+	ctx := context.Background()
+	keys, err := c.Client().Keys(ctx, "*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds := map[string]bool{}
+	for _, k := range keys {
+		if !strings.HasPrefix(k, c.Prefix()) {
+			t.Errorf("key %q lacks the prefix %q", k, c.Prefix())
+		}
+		kind, _, _ := strings.Cut(strings.TrimPrefix(k, c.Prefix()), ":")
+		kinds[kind] = true
+		if ttl, err := c.Client().PTTL(ctx, k).Result(); err != nil || ttl <= 0 {
+			t.Errorf("key %q: TTL %v, %v; want one", k, ttl, err)
+		}
+	}
+	for _, kind := range []string{"src", "acct", "prot", "good", "ban", "lifted", "bans", "node", "nodes"} {
+		if !kinds[kind] {
+			t.Errorf("no %s key among %v", kind, keys)
+		}
+	}
 }
 
 // TestOutage: with Redis stopped, failures are answered within timeout and
