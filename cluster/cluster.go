@@ -203,6 +203,9 @@ func (c *Cluster) serve(ctx context.Context, lost <-chan struct{}) {
 		case <-t.C:
 			hctx, cancel := context.WithTimeout(ctx, heartbeatTimeout)
 			err := c.heartbeat(hctx)
+			if err == nil && c.pol != nil {
+				_, err = c.pushPending(hctx, nil)
+			}
 			cancel()
 			if err != nil && ctx.Err() == nil {
 				c.fail("heartbeat", err)

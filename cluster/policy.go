@@ -349,24 +349,13 @@ func (c *Cluster) sync(ctx context.Context) error {
 			c.m.received.Inc()
 		}
 	}
-	c.mu.Lock()
-	pending := c.pending
-	c.pending = make(map[netip.Prefix]bool)
-	c.mu.Unlock()
 	local := map[netip.Prefix]limiter.Ban{}
 	for _, b := range c.pol.Bans() {
 		local[b.Prefix] = b
 	}
-	for p := range pending {
-		if b, ok := local[p]; ok && c.mine(b) {
-			err = c.writeBan(ctx, b)
-		} else if !ok {
-			err = c.writeLift(ctx, p)
-		}
-		if err != nil {
-			c.markPendingAll(pending)
-			return err
-		}
+	pending, err := c.pushPending(ctx, local)
+	if err != nil {
+		return err
 	}
 	for p, b := range local {
 		if _, ok := remote[p]; ok || pending[p] {
@@ -387,6 +376,34 @@ func (c *Cluster) sync(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// pushPending writes the bans made or lifted here that did not reach Redis
+// (made while it was away, or past a full queue) and returns them.
+func (c *Cluster) pushPending(ctx context.Context, local map[netip.Prefix]limiter.Ban) (map[netip.Prefix]bool, error) {
+	c.mu.Lock()
+	pending := c.pending
+	c.pending = make(map[netip.Prefix]bool)
+	c.mu.Unlock()
+	if local == nil && len(pending) > 0 {
+		local = map[netip.Prefix]limiter.Ban{}
+		for _, b := range c.pol.Bans() {
+			local[b.Prefix] = b
+		}
+	}
+	for p := range pending {
+		var err error
+		if b, ok := local[p]; ok && c.mine(b) {
+			err = c.writeBan(ctx, b)
+		} else if !ok {
+			err = c.writeLift(ctx, p)
+		}
+		if err != nil {
+			c.markPendingAll(pending)
+			return nil, err
+		}
+	}
+	return pending, nil
 }
 
 func (c *Cluster) markPendingAll(ps map[netip.Prefix]bool) {

@@ -384,3 +384,28 @@ func TestClusterRedisOutage(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckCluster: `imapgw check` reports [cluster] with the password
+// replaced, and a bad URL is an error that does not show it either.
+func TestCheckCluster(t *testing.T) {
+	dir := t.TempDir()
+	base := "[[listen]]\naddress = \":993\"\n[tls]\ncertificate = \"self-signed\"\n[cluster]\n"
+	good := filepath.Join(dir, "good.toml")
+	must(t, os.WriteFile(good, []byte(base+"redis = \"redis://:"+clusterPassword+"@10.0.0.5:6379/1\"\nnode = \"gw1\"\n"), 0o600))
+	bad := filepath.Join(dir, "bad.toml")
+	must(t, os.WriteFile(bad, []byte(base+"redis = \"redis://:"+clusterPassword+"@10.0.0.5:http/1\"\n"), 0o600))
+	for _, tc := range []struct {
+		path, want string
+		code       int
+	}{
+		{good, `cluster: redis redis://:xxxxx@10.0.0.5:6379/1, node "gw1", key_prefix "imapgw:", timeout 100ms`, 0},
+		{bad, bad + `:6: cluster.redis: "redis://:xxxxx@10.0.0.5:http/1" has a bad host:port`, 1},
+	} {
+		var out, errs bytes.Buffer
+		code := run([]string{"check", "-config", tc.path}, &out, &errs)
+		all := out.String() + errs.String()
+		if code != tc.code || !strings.Contains(all, tc.want) || strings.Contains(all, clusterPassword) {
+			t.Errorf("imapgw check %s = %d %q, want %d and %q, without the password", tc.path, code, all, tc.code, tc.want)
+		}
+	}
+}
