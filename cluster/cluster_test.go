@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"strings"
@@ -36,11 +37,16 @@ func testBans() conf.Bans {
 
 func startNode(t *testing.T, url, name string) *node {
 	t.Helper()
+	return startNodeBans(t, url, name, testBans())
+}
+
+func startNodeBans(t *testing.T, url, name string, bans conf.Bans) *node {
+	t.Helper()
 	cc := conf.Default().Cluster
 	cc.Redis, cc.Node = url, name
 	logs := &testbed.LogBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, nil))
-	lim, err := limiter.New(testBans(), conf.Default().Limits, limiter.Options{Logger: log})
+	lim, err := limiter.New(bans, conf.Default().Limits, limiter.Options{Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +77,8 @@ func waitFor(t *testing.T, d time.Duration, what string, ok func() bool) time.Du
 }
 
 func banned(l *limiter.Limiter, ip string) bool {
-	_, err := l.Try(netip.MustParseAddr(ip), "probe")
+	at, err := l.Try(netip.MustParseAddr(ip), "probe")
+	at.Done()
 	var r *limiter.Refusal
 	if e, ok := err.(*limiter.Refusal); ok {
 		r = e
@@ -236,5 +243,38 @@ func TestOutage(t *testing.T) {
 	}
 	if !strings.Contains(st.Redis, ":xxxxx@") || len(st.Nodes) != 2 {
 		t.Errorf("status = %s, want the address redacted and 2 nodes", data)
+	}
+}
+
+// TestSharedLadder: the ladder's strikes travel with the bans: a source banned
+// once through a is banned for the second step when b bans it next.
+func TestSharedLadder(t *testing.T) {
+	r := testbed.StartRedis(t, testbed.RedisOptions{})
+	bans := testBans()
+	bans.Ban = conf.D(300 * time.Millisecond)
+	a, b := startNodeBans(t, r.URL(), "a", bans), startNodeBans(t, r.URL(), "b", bans)
+	src := netip.MustParseAddr("198.51.100.33")
+	fail := func(n *node, round int) limiter.Verdict {
+		var v limiter.Verdict
+		for i := range bans.SourceFailures {
+			at, err := n.lim.Try(src, fmt.Sprintf("u%d-%d", round, i))
+			if err != nil {
+				t.Fatalf("round %d try %d: %v", round, i+1, err)
+			}
+			v = at.Failed([]byte{byte(round), byte(i)})
+		}
+		return v
+	}
+	if v := fail(a, 1); !v.Banned {
+		t.Fatal("a did not ban")
+	}
+	waitFor(t, time.Second, "ban on b", func() bool { return banned(b.lim, src.String()) })
+	waitFor(t, 2*time.Second, "first ban to end on b", func() bool { return !banned(b.lim, src.String()) })
+	v := fail(b, 2)
+	if got := v.Until.Sub(time.Now()); !v.Banned || got < 900*time.Millisecond {
+		t.Errorf("second ban through b: banned %v for %s, want the ladder's second step (1.2s)", v.Banned, got)
+	}
+	if bs := b.lim.Bans(); len(bs) != 1 || bs[0].Strikes != 2 {
+		t.Errorf("b's bans = %+v, want strike 2", bs)
 	}
 }
