@@ -278,3 +278,27 @@ func TestSharedLadder(t *testing.T) {
 		t.Errorf("b's bans = %+v, want strike 2", bs)
 	}
 }
+
+// TestWrongPassword: a node with the wrong password stays down, and neither
+// its status nor its log shows the password it tried.
+func TestWrongPassword(t *testing.T) {
+	r := testbed.StartRedis(t, testbed.RedisOptions{Password: password})
+	const wrong = "not-the-pw-4411"
+	cc := conf.Default().Cluster
+	cc.Redis, cc.Node = "redis://:"+wrong+"@"+r.Addr+"/0", "w"
+	logs := &testbed.LogBuffer{}
+	c, err := New(cc, Options{Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); c.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	waitFor(t, 5*time.Second, "an error", func() bool { return c.Status().LastError != "" })
+	st := c.Status()
+	data, _ := json.Marshal(st)
+	if st.Up || !strings.Contains(st.LastError, "WRONGPASS") || strings.Contains(string(data), wrong) || strings.Contains(logs.String(), wrong) {
+		t.Errorf("status %s, log %q: want down with WRONGPASS and no password", data, logs)
+	}
+}
