@@ -175,6 +175,11 @@ func (c *Cluster) connect(ctx context.Context) (*redis.PubSub, <-chan struct{}, 
 	if err := c.heartbeat(cctx); err != nil {
 		return nil, nil, err
 	}
+	for _, s := range scripts {
+		if err := s.Load(cctx, c.rdb).Err(); err != nil {
+			return nil, nil, fmt.Errorf("loading scripts: %w", err)
+		}
+	}
 	ps := c.rdb.Subscribe(cctx, c.key("events"))
 	if _, err := ps.Receive(cctx); err != nil {
 		ps.Close()

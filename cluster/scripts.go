@@ -89,3 +89,7 @@ if untilms > now then redis.call('SET', KEYS[4], '1', 'PX', untilms - now) end
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 `)
+
+// scripts are loaded at every connect, so that a pipeline can use EVALSHA
+// and a login's first failure costs one round trip, not two.
+var scripts = []*redis.Script{failureScript, successScript, banScript, liftScript}

@@ -17,6 +17,9 @@ const (
 	knownGoodFor  = 30 * 24 * time.Hour // a success makes its network known-good this long
 	knownGoodV4   = 24                  // known-good networks: a household or office, not one address
 	knownGoodV6   = 56
+	// shareGoodEvery: with a SharedStore, a known-good network is written
+	// again after this long (the fleet remembers it knownGoodFor).
+	shareGoodEvery = time.Hour
 )
 
 // Verdict is the answer to a failed login.
@@ -221,13 +224,20 @@ func (l *Limiter) SucceededAt(now time.Time, src netip.Addr, user string) {
 // succeeded forgives and records a success; callers hold mu.
 func (l *Limiter) succeeded(now time.Time, src netip.Addr, uh uint64) {
 	key := l.key(src)
+	forgiven := false
 	if s, ok := l.sources.Peek(key); ok {
+		n := len(s.list)
 		if s.forgive(uh); len(s.list) == 0 {
 			l.sources.Remove(key)
 		}
+		forgiven = len(s.list) < n
 	}
-	l.good.Add(goodKey{user: uh, net: goodNet(src)}, now.UnixNano())
-	if l.shared != nil {
+	gk := goodKey{user: uh, net: goodNet(src)}
+	last, known := l.good.Peek(gk)
+	l.good.Add(gk, now.UnixNano())
+	// The fleet hears of a network once an hour per node, or when there were
+	// failures to forgive: a mailbox's every login need not cost a Redis write.
+	if l.shared != nil && (forgiven || !known || now.UnixNano()-last >= int64(shareGoodEvery)) {
 		l.shared.Success(uh, goodNet(src), key)
 	}
 }
