@@ -148,8 +148,9 @@ func (v *validator) cluster(c *Cluster) {
 			v.fail("cluster.password_file", "%q cannot be read: %v", c.PasswordFile, errorsWithoutPath(err))
 		}
 	}
-	if strings.ContainsAny(c.KeyPrefix, " \t\r\n{}") {
-		v.fail("cluster.key_prefix", "%q has a space or a brace", c.KeyPrefix)
+	// Braces are allowed: with Redis Cluster, "{imapgw}:" keeps a script's keys in one slot.
+	if strings.ContainsAny(c.KeyPrefix, " \t\r\n") {
+		v.fail("cluster.key_prefix", "%q has a space or a line break", c.KeyPrefix)
 	}
 	if d := c.Timeout.Duration; d <= 0 || d > 10*time.Second {
 		v.fail("cluster.timeout", "must be between 0 and 10s, got %s", c.Timeout)

@@ -51,6 +51,7 @@ func TestClusterErrors(t *testing.T) {
 		{"redis = \"redis://h:1/0\"\npassword_file = \"" + missing + "\"", `cluster.password_file: "` + missing + `" cannot be read: no such file`},
 		{"redis = \"redis://h:1/0\"\ntimeout = \"0s\"", `cluster.timeout: must be between 0 and 10s`},
 		{"redis = \"redis://h:1/0\"\nnode = \"a b\"", `cluster.node: "a b" is not a node name`},
+		{"redis = \"redis://h:1/0\"\nkey_prefix = \"gw 1:\"", `cluster.key_prefix: "gw 1:" has a space`},
 	}
 	for _, tt := range tests {
 		_, err := Parse("t.toml", []byte(minimal+"\n[cluster]\n"+tt.body+"\n"))
