@@ -49,6 +49,7 @@ func (s *Server) table() []route {
 		{"GET", "/api/v1/users/{user}", false, s.needBackends(s.where)},
 		{"POST", "/api/v1/users/{user}/move", false, s.needBackends(s.move)},
 		{"POST", "/api/v1/users/{user}/kick", false, s.needBackends(s.kick)},
+		{"GET", "/api/v1/cluster", false, s.cluster},
 		// Go's profiler, behind the token: heap and CPU profiles of a live gateway
 		// are how its memory per session and its CPU are explained.
 		pprofRoute,

@@ -88,6 +88,9 @@ type Options struct {
 	Listeners func() []ListenerInfo
 	// Backends is the backend pool. nil: its routes answer 501.
 	Backends Backends
+	// Cluster reports the link to the other gateways ([cluster]). nil: a
+	// single node, GET /api/v1/cluster says enabled false.
+	Cluster func() ClusterInfo
 	// Certs lists the loaded certificates. nil: none.
 	Certs func() []acme.CertInfo
 	// Ready reports whether a certificate is loaded; /readyz answers 503 until

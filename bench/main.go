@@ -40,6 +40,7 @@ type options struct {
 	perfDir string // record imapgw with perf into this directory
 	flood   bool
 	pool    bool
+	cluster bool
 }
 
 func parseFlags(args []string) (options, error) {
@@ -55,6 +56,7 @@ func parseFlags(args []string) (options, error) {
 	fs.BoolVar(&o.keep, "keep", false, "keep the scratch directory (configs and logs)")
 	fs.StringVar(&o.peers, "peers", "imapgw,HAProxy,nginx", "proxies to measure, comma-separated")
 	fs.BoolVar(&o.pool, "pool", true, "measure imapgw through three backend servers against one")
+	fs.BoolVar(&o.cluster, "cluster", true, "measure imapgw with [cluster] on a local redis-server against without")
 	fs.BoolVar(&o.flood, "flood", true, "measure imapgw against a banned source's flood")
 	fs.DurationVar(&o.settle, "settle", 3*time.Second, "pause between opening the idle sessions and reading RSS")
 	fs.StringVar(&o.perfDir, "perf", "", "record imapgw with `perf record -g` during each measurement into this directory")
@@ -141,6 +143,13 @@ func run(opt options) error {
 		}
 	}
 	for _, p := range peers {
+		if p.name() == nameImapgw && opt.cluster {
+			if err := b.cluster(p.(*imapgwPeer)); err != nil {
+				return fmt.Errorf("cluster: %w", err)
+			}
+		}
+	}
+	for _, p := range peers {
 		if p.name() == nameImapgw && opt.flood {
 			if err := b.flood(p); err != nil {
 				return fmt.Errorf("flood: %w", err)
@@ -151,6 +160,9 @@ func run(opt options) error {
 		}
 	}
 	doc := report(opt, b.res, m, time.Since(start))
+	if opt.cluster {
+		doc += clusterTable(b.res)
+	}
 	fmt.Print(doc)
 	if opt.out != "" {
 		if err := os.WriteFile(opt.out, []byte(doc), 0o644); err != nil {

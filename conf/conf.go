@@ -20,6 +20,7 @@ type Config struct {
 	Auth    Auth     `toml:"auth"`
 	Limits  Limits   `toml:"limits"`
 	Bans    Bans     `toml:"bans"`
+	Cluster Cluster  `toml:"cluster"`
 	Admin   Admin    `toml:"admin"`
 	Log     Log      `toml:"log"`
 
@@ -271,8 +272,9 @@ func Default() *Config {
 			Firewall:        FirewallNone,
 			FirewallTable:   "imapgw",
 		},
-		Admin: Admin{Address: "127.0.0.1:9993", TLS: TLSNone},
-		Log:   Log{Level: "info", Format: "text"},
+		Cluster: Cluster{KeyPrefix: "imapgw:", Timeout: D(100 * time.Millisecond), Node: defaultHostname()},
+		Admin:   Admin{Address: "127.0.0.1:9993", TLS: TLSNone},
+		Log:     Log{Level: "info", Format: "text"},
 	}
 }
 

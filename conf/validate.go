@@ -67,6 +67,7 @@ func (v *validator) config(c *Config) {
 	v.auth(&c.Auth)
 	v.limits(&c.Limits)
 	v.bans(&c.Bans)
+	v.cluster(&c.Cluster)
 	v.admin(&c.Admin)
 	v.oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
 	v.oneOf("log.format", c.Log.Format, "text", "json")

@@ -80,6 +80,16 @@ func (l *Limiter) Try(src netip.Addr, user string) (*Attempt, error) {
 
 // TryAt is Try at the given time.
 func (l *Limiter) TryAt(now time.Time, src netip.Addr, user string) (*Attempt, error) {
+	a, err := l.tryAt(now, src, user)
+	// A protected account's owner may have logged in through another node:
+	// only then does a login wait on the shared store (issue 13).
+	if r, ok := err.(*Refusal); ok && r.reason == refusedProtected && l.sharedKnownGood(now, src.Unmap(), l.userHash(user)) {
+		return l.tryAt(now, src, user)
+	}
+	return a, err
+}
+
+func (l *Limiter) tryAt(now time.Time, src netip.Addr, user string) (*Attempt, error) {
 	src = src.Unmap()
 	a := &Attempt{l: l, src: src, user: user, uh: l.userHash(user)}
 	l.mu.Lock()

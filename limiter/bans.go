@@ -13,9 +13,10 @@ type Ban struct {
 	Prefix  netip.Prefix `json:"prefix"`
 	Since   time.Time    `json:"since"`
 	Until   time.Time    `json:"until"`
-	Reason  string       `json:"reason"`  // ReasonFailures, ReasonSpray, or the operator's text
-	Source  string       `json:"source"`  // SourceAuto or SourceManual
-	Strikes int          `json:"strikes"` // automatic bans remembered for this prefix, this one included
+	Reason  string       `json:"reason"`         // ReasonFailures, ReasonSpray, or the operator's text
+	Source  string       `json:"source"`         // SourceAuto or SourceManual
+	Strikes int          `json:"strikes"`        // automatic bans remembered for this prefix, this one included
+	Node    string       `json:"node,omitempty"` // with [cluster]: the gateway that made it
 }
 
 // Ban reasons and origins.
@@ -66,11 +67,16 @@ func (l *Limiter) autoBan(now time.Time, key netip.Prefix, reason string) (Ban, 
 		Reason:  reason,
 		Source:  SourceAuto,
 		Strikes: n,
+		Node:    l.node,
 	}
 	l.strikes.Add(key, strike{n: n, until: b.Until})
 	l.sources.Remove(key)
 	l.metrics.banned(reason)
-	return b, l.putBan(now, b)
+	evicted := l.putBan(now, b)
+	if l.shared != nil {
+		l.shared.BanMade(b)
+	}
+	return b, evicted
 }
 
 // putBan stores b, making room first when the table is full; callers hold mu.
@@ -140,8 +146,12 @@ func (l *Limiter) AddBanAt(now time.Time, ip netip.Addr, d time.Duration, reason
 		Reason:  reason,
 		Source:  SourceManual,
 		Strikes: l.strikesAt(key, now).n,
+		Node:    l.node,
 	}
 	evicted := l.putBan(now, b)
+	if l.shared != nil {
+		l.shared.BanMade(b)
+	}
 	allowed := l.allowed(ip)
 	l.metrics.banned(ReasonManual)
 	l.mu.Unlock()
@@ -174,6 +184,9 @@ func (l *Limiter) LiftBanAt(now time.Time, ip netip.Addr) bool {
 	l.sources.Remove(b.Prefix)
 	l.gen++
 	l.notifyLifted(b)
+	if l.shared != nil {
+		l.shared.BanLifted(b.Prefix)
+	}
 	l.mu.Unlock()
 	l.log.Info("ban lifted", "prefix", b.Prefix, "reason", b.Reason, "until", b.Until, "strikes", b.Strikes)
 	return true

@@ -1,6 +1,7 @@
 package limiter
 
 import (
+	"cmp"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
@@ -16,6 +17,9 @@ const (
 	knownGoodFor  = 30 * 24 * time.Hour // a success makes its network known-good this long
 	knownGoodV4   = 24                  // known-good networks: a household or office, not one address
 	knownGoodV6   = 56
+	// shareGoodEvery: with a SharedStore, a known-good network is written
+	// again after this long (the fleet remembers it knownGoodFor).
+	shareGoodEvery = time.Hour
 )
 
 // Verdict is the answer to a failed login.
@@ -78,9 +82,10 @@ func (l *Limiter) FailedAt(now time.Time, src netip.Addr, user string, secret []
 func (l *Limiter) failedAt(now time.Time, src netip.Addr, user string, secret []byte, att *Attempt) Verdict {
 	uh, sh := l.userHash(user), l.secretHash(secret)
 	var (
-		ban     *Ban // made by this failure
-		evicted []Ban
-		prot    *protection
+		ban      *Ban // made by this failure
+		evicted  []Ban
+		prot     *protection
+		shareKey *netip.Prefix // counted here: count it in the shared store too
 	)
 	l.mu.Lock()
 	if att != nil {
@@ -99,12 +104,22 @@ func (l *Limiter) failedAt(now time.Time, src netip.Addr, user string, secret []
 			break
 		}
 		var counted bool
-		counted, ban, evicted = l.countSource(now, l.key(src), uh, sh)
+		key := l.key(src)
+		counted, ban, evicted = l.countSource(now, key, uh, sh)
 		if counted {
 			prot = l.countAccount(now, uh)
+			if l.shared != nil {
+				shareKey = &key
+			}
 		}
 	}
 	l.mu.Unlock()
+	if shareKey != nil && ban == nil {
+		// The fleet's counts may ban where this node's alone do not (issue 13).
+		var sprot *protection
+		ban, evicted, sprot = l.shareFailure(now, src, *shareKey, uh, sh)
+		prot = cmp.Or(prot, sprot)
+	}
 	if ban != nil {
 		v.Banned, v.Until, v.Reason = true, ban.Until, ban.Reason
 		l.logBan(*ban)
@@ -209,12 +224,22 @@ func (l *Limiter) SucceededAt(now time.Time, src netip.Addr, user string) {
 // succeeded forgives and records a success; callers hold mu.
 func (l *Limiter) succeeded(now time.Time, src netip.Addr, uh uint64) {
 	key := l.key(src)
+	forgiven := false
 	if s, ok := l.sources.Peek(key); ok {
+		n := len(s.list)
 		if s.forgive(uh); len(s.list) == 0 {
 			l.sources.Remove(key)
 		}
+		forgiven = len(s.list) < n
 	}
-	l.good.Add(goodKey{user: uh, net: goodNet(src)}, now.UnixNano())
+	gk := goodKey{user: uh, net: goodNet(src)}
+	last, known := l.good.Peek(gk)
+	l.good.Add(gk, now.UnixNano())
+	// The fleet hears of a network once an hour per node, or when there were
+	// failures to forgive: a mailbox's every login need not cost a Redis write.
+	if l.shared != nil && (forgiven || !known || now.UnixNano()-last >= int64(shareGoodEvery)) {
+		l.shared.Success(uh, goodNet(src), key)
+	}
 }
 
 func (l *Limiter) logProtect(p protection) {
@@ -235,7 +260,11 @@ func logUser(u string) string {
 // (bans.account_key): tables hold 8 bytes, not client-chosen strings of up to
 // max_line, and the names of one mailbox count together.
 func (l *Limiter) userHash(user string) uint64 {
-	return maphash.String(l.userSeed, accountName(*l.accountKey.Load(), user))
+	name := accountName(*l.accountKey.Load(), user)
+	if l.stableUsers.Load() {
+		return stableUserHash(name)
+	}
+	return maphash.String(l.userSeed, name)
 }
 
 // secretHash is HMAC-SHA256 of the password under a per-process random key,

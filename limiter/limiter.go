@@ -76,6 +76,12 @@ type Limiter struct {
 	strikes  *simplelru.LRU[netip.Prefix, strike]
 	gen      uint64      // bumped by every change to bans or strikes; Run saves when it moved
 	listener BanListener // nil: none (SetBanListener)
+	shared   SharedStore // nil: single node (SetShared)
+	node     string      // this gateway's name in the bans it makes, with shared set
+
+	// stableUsers: account hashes are stableUserHash, the same on every node
+	// (set with a SharedStore); read without mu, as accountKey.
+	stableUsers atomic.Bool
 
 	// Logins in flight (Try to Failed/Succeeded/Done), per source and, from
 	// sources not known-good, per account; guarded by mu. Entries exist only

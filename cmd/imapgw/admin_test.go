@@ -434,7 +434,7 @@ func TestStatusCLI(t *testing.T) {
 	if rc != 0 {
 		t.Fatalf("imapgw status = %d %s", rc, errOut)
 	}
-	for _, want := range []string{"ready", "relaying 1", "ok 1", "localhost", "self-signed", "demo", "BACKEND", be.Addr} {
+	for _, want := range []string{"ready", "relaying 1", "ok 1", "localhost", "self-signed", "demo", "BACKEND", be.Addr, "cluster        off (single node)"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("imapgw status: no %q in\n%s", want, out)
 		}

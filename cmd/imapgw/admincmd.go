@@ -246,7 +246,11 @@ func printBans(w io.Writer, bans []limiter.Ban, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "PREFIX\tSOURCE\tREASON\tSTRIKES\tSINCE\tUNTIL\tLEFT")
 	for _, b := range bans {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", b.Prefix, b.Source, b.Reason, b.Strikes,
+		src := b.Source
+		if b.Node != "" { // [cluster]: the gateway that made it
+			src += "@" + b.Node
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", b.Prefix, src, b.Reason, b.Strikes,
 			fmtTime(b.Since), fmtTime(b.Until), fmtDuration(b.Until.Sub(now)))
 	}
 	tw.Flush()
@@ -273,20 +277,26 @@ func statusCmd(args []string, stdout, stderr io.Writer) int {
 	if err != nil && !admin.IsStatus(err, http.StatusNotImplemented) {
 		return fail(stderr, "status", err)
 	}
+	cl, err := c.Cluster(ctx)
+	if err != nil && !admin.IsStatus(err, http.StatusNotFound) { // 404: a gateway from before issue 13
+		return fail(stderr, "status", err)
+	}
 	if *f.json {
 		return printJSON(stdout, stderr, struct {
 			Stats    admin.Stats         `json:"stats"`
+			Cluster  admin.ClusterInfo   `json:"cluster"`
 			Backends []admin.BackendInfo `json:"backends"`
 			Sessions []admin.SessionInfo `json:"sessions"`
-		}{st, backends, sessions})
+		}{st, cl, backends, sessions})
 	}
+	printCounters(stdout, st)
+	fmt.Fprintf(stdout, "cluster        %s\n", fmtCluster(cl))
+	fmt.Fprintln(stdout)
 	printStatus(stdout, st, backends, sessions, time.Now())
 	return 0
 }
 
 func printStatus(w io.Writer, st admin.Stats, backends []admin.BackendInfo, sessions []admin.SessionInfo, now time.Time) {
-	printCounters(w, st)
-	fmt.Fprintln(w)
 	printCerts(w, st.Certificates)
 	fmt.Fprintln(w)
 	printBackends(w, backends, now)

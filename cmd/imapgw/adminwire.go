@@ -49,6 +49,7 @@ func (g *gateway) newAdmin(a conf.Admin) (*admin.Server, error) {
 		Sessions:  admin.SessionsFunc(g.sessions),
 		Listeners: g.listeners,
 		Backends:  poolAdmin{g.pool},
+		Cluster:   g.clusterInfo(),
 		Certs:     g.certs.Certificates,
 		Ready:     g.certs.Ready,
 		Draining:  g.draining.Load,

@@ -30,6 +30,9 @@ func checkCmd(args []string, stdout, stderr io.Writer) int {
 	for _, w := range checkWarnings(cfg) {
 		fmt.Fprintln(stderr, w)
 	}
+	if c := cfg.Cluster; c.Enabled() {
+		fmt.Fprintf(stdout, "cluster: redis %s, node %q, key_prefix %q, timeout %s\n", conf.RedactURL(c.Redis), c.Node, c.KeyPrefix, c.Timeout)
+	}
 	fmt.Fprintf(stdout, "%s: ok\n", *path)
 	return 0
 }

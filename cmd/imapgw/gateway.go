@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"github.com/imapgw/imapgw/acme"
 	"github.com/imapgw/imapgw/admin"
 	"github.com/imapgw/imapgw/backend"
+	"github.com/imapgw/imapgw/cluster"
 	"github.com/imapgw/imapgw/conf"
 	"github.com/imapgw/imapgw/firewall"
 	"github.com/imapgw/imapgw/limiter"
@@ -33,6 +35,7 @@ type gateway struct {
 	srv   *proxy.Server
 	admin *admin.Server      // nil when admin.address is ""
 	fw    *firewall.Firewall // nil unless bans.firewall = "nftables"
+	cl    *cluster.Cluster   // nil unless [cluster] redis is set
 
 	// notify is systemd's notify socket; nil when not under systemd (and in
 	// the demo). Set after the admin endpoint, which reloads too, has started.
@@ -91,6 +94,9 @@ func (g *gateway) start() error {
 	if err != nil {
 		return err
 	}
+	if err := g.startCluster(); err != nil {
+		return err
+	}
 	// The challenge listeners face the Internet like the IMAP ones: the same
 	// admission (bans, connection rate, per-source concurrency) at accept.
 	g.certs, err = acme.New(cfg, acme.Options{Logger: g.log, Registerer: g.reg, Admit: g.lim.Admit})
@@ -142,7 +148,7 @@ func (g *gateway) reload() error {
 		g.log.Error("reload rejected: the running configuration stays", "err", err)
 		return err
 	}
-	if err := firewallReload(g.cfg.Bans, cfg.Bans); err != nil {
+	if err := cmp.Or(firewallReload(g.cfg.Bans, cfg.Bans), clusterReload(g.cfg.Cluster, cfg.Cluster)); err != nil {
 		g.log.Error("reload rejected: the running configuration stays", "err", err)
 		return err
 	}
