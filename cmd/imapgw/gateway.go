@@ -99,14 +99,23 @@ func (g *gateway) start() error {
 	}
 	// The challenge listeners face the Internet like the IMAP ones: the same
 	// admission (bans, connection rate, per-source concurrency) at accept.
-	g.certs, err = acme.New(cfg, acme.Options{Logger: g.log, Registerer: g.reg, Admit: g.lim.Admit})
+	ao := acme.Options{Logger: g.log, Registerer: g.reg, Admit: g.lim.Admit}
+	bo := backend.Options{Logger: g.log.With("part", "backend"), Registerer: g.reg}
+	if g.cl != nil {
+		// A fleet shares its certificates (one node orders and renews, the
+		// others load) and its users' pins (every node sends a user to the
+		// same server).
+		ao.Storage, bo.Affinity = clusterStores(g.cl.Client(), g.cl.Prefix(), g.cl.Node(), g.log)
+		bo.AffinityTimeout = g.cl.Timeout()
+	}
+	g.certs, err = acme.New(cfg, ao)
 	if err != nil {
 		return err
 	}
 	if err := g.certs.Start(g.ctx); err != nil {
 		return err
 	}
-	g.pool, err = backend.New(cfg.Backend, backend.Options{Logger: g.log.With("part", "backend"), Registerer: g.reg})
+	g.pool, err = backend.New(cfg.Backend, bo)
 	if err != nil {
 		return err
 	}
