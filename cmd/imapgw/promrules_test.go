@@ -3,7 +3,6 @@ package main
 import (
 	"os"
 	"os/exec"
-	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -41,28 +40,6 @@ var (
 	recordRule    = regexp.MustCompile(`(?m)^\s*- record:\s*(imapgw:[a-z0-9_:]+)\s*$`)
 )
 
-// clusterFamilies are registered by package cluster only when [cluster]
-// redis is set (issue 13 names them). This branch has no cluster package:
-// the names are checked against issue 13's list, and the test stops passing
-// the moment conf grows its Cluster section, so that whoever merges issue 13
-// starts this test's gateway with cluster.redis on testbed.StartRedis and
-// deletes this list. It is not an allowance to keep.
-var clusterFamilies = []string{
-	"imapgw_cluster_up", "imapgw_cluster_latency_seconds",
-	"imapgw_cluster_errors_total", "imapgw_cluster_bans_received_total",
-}
-
-// isClusterName reports whether n is one of clusterFamilies or a histogram
-// series of one.
-func isClusterName(n string) bool {
-	for _, suf := range []string{"", "_bucket", "_sum", "_count"} {
-		if base, ok := strings.CutSuffix(n, suf); ok && slices.Contains(clusterFamilies, base) {
-			return true
-		}
-	}
-	return false
-}
-
 // TestDashboardAndRulesUseExportedMetrics: every imapgw_ metric the alert
 // rules and the Grafana dashboard name is one /metrics of a running gateway
 // exports (a histogram's _bucket, _sum and _count through its family), and
@@ -93,32 +70,25 @@ func TestDashboardAndRulesUseExportedMetrics(t *testing.T) {
 		}
 	}
 
-	if _, ok := reflect.TypeFor[conf.Config]().FieldByName("Cluster"); ok {
-		t.Fatalf("conf.Config has a Cluster section now: start this test's gateway with cluster.redis " +
-			"(testbed.StartRedis) so that the imapgw_cluster_* families are registered, and delete clusterFamilies")
-	}
-
 	fams := exportingGateway(t, used)
 	for n, files := range used {
 		if exported(fams, n) {
-			continue
-		}
-		if isClusterName(n) {
-			t.Logf("%s: registered only with [cluster] on (issue 13), not checked on this branch", n)
 			continue
 		}
 		t.Errorf("%s names %s, which /metrics of a running gateway does not export", strings.Join(files, " and "), n)
 	}
 }
 
-// exportingGateway runs a gateway with its admin endpoint, makes one good and
-// one failed login and waits for a health check, so that every family with
+// exportingGateway runs a gateway with its admin endpoint and [cluster] on a
+// real Redis (the imapgw_cluster_* families exist only then), makes one good
+// and one failed login and waits for a health check, so that every family with
 // labels has a series, and returns /metrics parsed once each used name that
 // can appear does (or after 10 s).
 func exportingGateway(t *testing.T, used map[string][]string) map[string]*dto.MetricFamily {
 	be := startDemoBackend(t)
 	cfg := adminTestConfig(t, be.Addr)
 	cfg.Backend.CheckInterval = conf.D(100 * time.Millisecond)
+	cfg.Cluster.Redis = testbed.StartRedis(t, testbed.RedisOptions{}).URL()
 	env := startAdminEnv(t, cfg, "")
 	env.login(t)
 	if err := tryLoginFrom("127.0.0.1", env.imaps, "demo", "wrong"); err == nil {
@@ -129,7 +99,7 @@ func exportingGateway(t *testing.T, used map[string][]string) map[string]*dto.Me
 		fams := env.scrape(t)
 		missing := 0
 		for n := range used {
-			if !exported(fams, n) && !isClusterName(n) {
+			if !exported(fams, n) {
 				missing++
 			}
 		}
