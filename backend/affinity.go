@@ -2,6 +2,7 @@ package backend
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"time"
 )
@@ -71,6 +72,9 @@ func (p *Pool) sharedRoute(order []*Server, key, reason string) ([]*Server, stri
 // ignores its context (a go-redis client without ContextTimeoutEnabled waits
 // for its own read timeout): the answer then comes too late and is dropped.
 func (p *Pool) pick(key, want string) (Pin, error) {
+	if !p.mayAsk() {
+		return Pin{}, errStoreDown
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), p.storeTimeout)
 	defer cancel()
 	type result struct {
@@ -127,6 +131,26 @@ func (p *Pool) reserve() time.Duration {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
 	return p.cfg.ConnectTimeout.Duration + p.cfg.LoginTimeout.Duration
+}
+
+// errStoreDown answers a login's pick during an outage without asking.
+var errStoreDown = errors.New("shared pinning unavailable: using this node's own view")
+
+// storeProbeEvery spaces the logins that ask the store during an outage:
+// the others take the local choice at once instead of each waiting out
+// the timeout on a store that is known to be away.
+const storeProbeEvery = time.Second
+
+// mayAsk reports whether a login should ask the store: always while it
+// answers, and during an outage once per storeProbeEvery (the background
+// reports probe too, and either ends the outage).
+func (p *Pool) mayAsk() bool {
+	if !p.storeDown.Load() {
+		return true
+	}
+	last := p.storeProbe.Load()
+	now := time.Now().UnixNano()
+	return now-last >= int64(storeProbeEvery) && p.storeProbe.CompareAndSwap(last, now)
 }
 
 // storeFailed logs the first failure of an outage (not one per login).

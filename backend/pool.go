@@ -53,6 +53,7 @@ type Pool struct {
 	storeRefresh time.Duration
 	storeDown    atomic.Bool       // the last store call failed (one warning per outage)
 	storeDownAt  atomic.Int64      // when storeDown was set, Unix ns
+	storeProbe   atomic.Int64      // when a login last asked during an outage, Unix ns
 	syncMu       sync.Mutex        // guards dirty
 	dirty        map[string]string // users whose session count the store has not seen → server to pin or ""
 	syncWake     chan struct{}

@@ -14,6 +14,15 @@ import (
 	"github.com/imapgw/imapgw/conf"
 )
 
+// PoolSize bounds the pooled connections a node opens to Redis (besides
+// the subscription's own): a login waits at most cluster.timeout for one,
+// so more would only add load on a Redis that is already slow. MaxIdleConns
+// of them are kept when idle.
+const (
+	PoolSize     = 16
+	MaxIdleConns = 4
+)
+
 // newClient builds the go-redis UniversalClient for cluster.redis: one
 // server, TLS, or a Sentinel-watched master. Its errors never contain the
 // password.
@@ -45,9 +54,15 @@ func newClient(c conf.Cluster) (redis.UniversalClient, error) {
 		// path); a retry would only spend it on a server that is away.
 		ContextTimeoutEnabled: true,
 		MaxRetries:            -1,
-		DialTimeout:           time.Second,
-		ReadTimeout:           2 * time.Second,
-		WriteTimeout:          2 * time.Second,
+		// Bursts (a reconnect's reload and push, many logins at once) grow
+		// the pool; beyond this many idle connections are closed when given
+		// back, so a node holds a handful of connections to Redis, not up
+		// to PoolSize (10 per CPU) for ever.
+		PoolSize:     PoolSize,
+		MaxIdleConns: MaxIdleConns,
+		DialTimeout:  time.Second,
+		ReadTimeout:  2 * time.Second,
+		WriteTimeout: 2 * time.Second,
 	}
 	if e.Scheme == conf.RedisTLS {
 		host, _, _ := net.SplitHostPort(e.Addrs[0])
