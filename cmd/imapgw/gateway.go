@@ -52,6 +52,13 @@ type gateway struct {
 	bg     sync.WaitGroup // background loops: ban saving, certificates, health checks
 }
 
+// acmeTestOptions, when set, adjusts the certificate manager's options.
+// Only the tests set it, in a child process they run as `imapgw run`
+// (cluster_fleet_test.go): short-lived certificates from Pebble and quick
+// renewal checks, so that a renewal across real processes fits in a test.
+// Production never sets it.
+var acmeTestOptions func(*acme.Options)
+
 // newLogger builds the process logger; its level can change on reload.
 func newLogger(c conf.Log, w io.Writer) (*slog.Logger, *slog.LevelVar) {
 	level := new(slog.LevelVar)
@@ -107,6 +114,9 @@ func (g *gateway) start() error {
 		// same server).
 		ao.Storage, bo.Affinity = clusterStores(g.cl.Client(), g.cl.Prefix(), g.cl.Node(), g.log)
 		bo.AffinityTimeout = g.cl.Timeout()
+	}
+	if acmeTestOptions != nil {
+		acmeTestOptions(&ao)
 	}
 	g.certs, err = acme.New(cfg, ao)
 	if err != nil {
