@@ -39,6 +39,18 @@ type options struct {
 	perfDir string // record imapgw with perf into this directory
 	flood   bool
 	pool    bool
+	hybrid  bool
+	measure string // comma-separated kinds of the side-by-side rounds: idle, login, relay
+}
+
+// measures reports whether the rounds include the kind of measurement.
+func (o options) measures(kind string) bool {
+	for _, k := range strings.Split(o.measure, ",") {
+		if strings.TrimSpace(k) == kind {
+			return true
+		}
+	}
+	return false
 }
 
 func parseFlags(args []string) (options, error) {
@@ -55,6 +67,8 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.peers, "peers", "imapgw,HAProxy,nginx", "proxies to measure, comma-separated")
 	fs.BoolVar(&o.pool, "pool", true, "measure imapgw through three backend servers against one")
 	fs.BoolVar(&o.flood, "flood", true, "measure imapgw against a banned source's flood")
+	fs.BoolVar(&o.hybrid, "hybrid", true, "measure imapgw's handshake with X25519MLKEM768 against X25519")
+	fs.StringVar(&o.measure, "measure", "idle,login,relay", "side-by-side measurements of each round, comma-separated")
 	fs.DurationVar(&o.settle, "settle", 3*time.Second, "pause between opening the idle sessions and reading RSS")
 	fs.StringVar(&o.perfDir, "perf", "", "record imapgw with `perf record -g` during each measurement into this directory")
 	if err := fs.Parse(args); err != nil {
@@ -130,6 +144,13 @@ func run(opt options) error {
 	for round := range opt.rounds {
 		if err := b.round(rotate(peers, round), round+1); err != nil {
 			return err
+		}
+	}
+	for _, p := range peers {
+		if p.name() == nameImapgw && opt.hybrid {
+			if err := b.hybrid(p); err != nil {
+				return fmt.Errorf("hybrid handshake: %w", err)
+			}
 		}
 	}
 	for _, p := range peers {
