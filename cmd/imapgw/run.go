@@ -27,8 +27,11 @@ func runCmd(args []string, stderr io.Writer) int {
 	// the gateway answers would otherwise kill it, and a SIGTERM skip the drain.
 	sigs := notifySignals()
 	defer signal.Stop(sigs)
-	g, err := startGateway(cfg, *path, stderr)
+	logs := newLogWriter(stderr)
+	defer logs.Close()
+	g, err := startGateway(cfg, *path, logs)
 	if err != nil {
+		logs.Close() // the gateway's own lines first
 		fmt.Fprintln(stderr, "imapgw:", err)
 		return 1
 	}
