@@ -79,6 +79,7 @@ type Server struct {
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup // accept loops, sessions and the trimmer
 	started   atomic.Uint64  // sessions started, for the trimmer
+	work      chan func()    // sessions for waiting workers (workers.go)
 }
 
 // New prepares a server; Start opens its listeners.
@@ -97,6 +98,7 @@ func New(cfg *conf.Config, o Options) (*Server, error) {
 		untrusted: newLogThrottle(untrustedLogEvery),
 		listeners: map[string]*listener{},
 		sessions:  map[*session]struct{}{},
+		work:      make(chan func()),
 	}
 	s.pool = o.Backends
 	if s.pool == nil {
