@@ -77,6 +77,7 @@ type relay struct {
 	gather  *coalesceConn   // under dst when dst is the client's *tls.Conn: one write per chunk
 	count   *atomic.Int64
 	metric  prometheus.Counter
+	left    *atomic.Int32 // directions still running
 
 	size         int       // the next read's size: relayBuffer, or bulkBuffer after a full read
 	readRefresh  time.Time // when src's read deadline is next moved (plain src only)
@@ -107,6 +108,7 @@ func (s *session) startRelay(bc *backendConn) {
 	left.Store(2)
 	up := s.newRelay(s.conn, backend, &s.bytesIn, s.srv.m.toBackend)
 	down := s.newRelay(backend, s.conn, &s.bytesOut, s.srv.m.toClient)
+	up.left, down.left = &left, &left
 	// The direction that ends first names who closed the session (unless the
 	// gateway did, for the pool): "backend" after a LOGOUT (the server closes
 	// first), "client" when the app drops the connection.
@@ -190,6 +192,9 @@ func (r *relay) copy() {
 			// Pass the half-close on, and give the other direction a moment to
 			// deliver what is in flight: then both sides close, so a peer that
 			// never closes its end cannot hold the session for idle_timeout.
+			if r.left.Load() == 1 {
+				return // the other direction is over: relayEnded closes both now
+			}
 			closeWrite(r.dst)
 			time.AfterFunc(halfCloseGrace, func() { r.src.Close(); r.dst.Close() })
 			return
