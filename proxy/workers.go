@@ -4,7 +4,7 @@ import "time"
 
 // workerIdle is how long a goroutine that ran a session's pre-auth phase
 // waits for the next one before it ends.
-const workerIdle = 2 * time.Second
+const workerIdle = 500 * time.Millisecond
 
 // spawn runs a session's pre-auth phase (handshake, login) on a goroutine that
 // already ran one, if one is waiting, else on a new goroutine. A new goroutine
