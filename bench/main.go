@@ -7,7 +7,7 @@
 // written to a markdown file. It does not install anything: scripts/bench-deps.sh
 // does (make bench runs it first).
 //
-//	go run ./bench -out docs/BENCHMARKS.md   # the full run, about 7 minutes
+//	go run ./bench -out docs/BENCHMARKS.md   # the full run, about 12 minutes
 //	go run ./bench -quick                    # a smoke run, about a minute
 package main
 
