@@ -155,9 +155,10 @@ func (s *Server) Addrs() []net.Addr {
 	return out
 }
 
-// listenConfig leaves keep-alive off at accept; start turns it on for admitted
-// connections only.
-var listenConfig = net.ListenConfig{KeepAlive: -1}
+// listenConfig: Go's per-connection keep-alive is off at accept; the
+// listening socket carries keepAlive where accepted sockets inherit it
+// (keepalive_linux.go), else start sets it on admitted connections only.
+var listenConfig = net.ListenConfig{KeepAlive: -1, Control: listenKeepAlive}
 
 // syncListeners opens the listeners in want that are not open and closes those
 // no longer wanted. Opening is all or nothing.
