@@ -1,8 +1,11 @@
 package proxy
 
 import (
+	"io"
 	"net"
+	"os"
 	"sync"
+	"syscall"
 )
 
 // coalesceConn sits between a client's *tls.Conn and its socket. crypto/tls
@@ -29,6 +32,53 @@ type coalesceConn struct {
 	queue []byte     // records written during another write, sent after it
 	busy  bool       // a write syscall is in flight
 	err   error
+
+	// nb is the socket once the relay owns the connection (nonBlocking):
+	// reads then never wait.
+	nb syscall.RawConn
+}
+
+// nonBlocking makes the relay's reads return at once when the socket has
+// nothing: crypto/tls then keeps what it has of a record, and the relay waits
+// for the socket itself, holding no buffer and with no MSG_PEEK probe
+// (relay.readTLS). It reports whether that is possible: a plain TCP socket
+// with nothing read ahead of it, on a system with the probe's primitives.
+func (c *coalesceConn) nonBlocking() bool {
+	tc, ok := c.Conn.(*net.TCPConn)
+	if !ok || !canPeek {
+		return false
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	c.nb = rc
+	return true
+}
+
+// Read in non-blocking mode returns os.ErrDeadlineExceeded when the socket has
+// no data: a timeout crypto/tls does not make sticky, and one that a Read
+// under a passed deadline returns anyway.
+func (c *coalesceConn) Read(b []byte) (int, error) {
+	if c.nb == nil {
+		return c.Conn.Read(b)
+	}
+	var (
+		n    int
+		rerr error
+	)
+	if err := c.nb.Read(func(fd uintptr) bool { n, rerr = readFD(fd, b); return true }); err != nil {
+		return 0, err
+	}
+	switch {
+	case rerr == syscall.EAGAIN:
+		return 0, os.ErrDeadlineExceeded
+	case rerr != nil:
+		return 0, os.NewSyscallError("read", rerr)
+	case n == 0 && len(b) > 0:
+		return 0, io.EOF
+	}
+	return n, nil
 }
 
 func (c *coalesceConn) Write(b []byte) (int, error) {

@@ -74,6 +74,7 @@ type relay struct {
 	raw     syscall.RawConn // src's socket, for waiting without a buffer; nil: plain blocking reads
 	pending func() int      // bytes src holds above its socket
 	tls     bool            // src is a *tls.Conn: drain its records before waiting
+	nbTLS   bool            // src is the client's *tls.Conn over a non-blocking coalesceConn (readTLS)
 	gather  *coalesceConn   // under dst when dst is the client's *tls.Conn: one write per chunk
 	count   *atomic.Int64
 	metric  prometheus.Counter
@@ -144,7 +145,12 @@ func (s *session) sendAhead(dst net.Conn, b []byte, count *atomic.Int64, metric 
 func (s *session) newRelay(src, dst net.Conn, count *atomic.Int64, metric prometheus.Counter) *relay {
 	r := &relay{s: s, src: src, dst: dst, count: count, metric: metric, size: relayBuffer}
 	r.raw, r.pending = rawConn(src)
-	_, r.tls = src.(*tls.Conn)
+	if tc, ok := src.(*tls.Conn); ok {
+		r.tls = true
+		if cc, ok := tc.NetConn().(*coalesceConn); ok && r.raw != nil {
+			r.nbTLS = cc.nonBlocking()
+		}
+	}
 	if tc, ok := dst.(*tls.Conn); ok {
 		r.gather, _ = tc.NetConn().(*coalesceConn)
 	}
@@ -207,6 +213,9 @@ func (r *relay) copy() {
 
 // once waits until src has data, then reads and writes one buffer's worth.
 func (r *relay) once(idle time.Duration) (int, error) {
+	if r.nbTLS {
+		return r.readTLS(idle)
+	}
 	if r.tls {
 		if n, err := r.drainTLS(); n > 0 || err != nil {
 			return n, err
@@ -225,15 +234,46 @@ func (r *relay) once(idle time.Duration) (int, error) {
 	return r.forward((*bp)[:n], idle, rerr)
 }
 
-// readPlain reads a plain socket (the backend's, mostly) straight into a pooled
-// buffer taken only when the socket has data: one read syscall per chunk, no
-// readiness probe, and no buffer held while the session waits.
-func (r *relay) readPlain(idle time.Duration) (int, error) {
+// readTLS reads the client's TLS connection once its socket is non-blocking
+// (coalesceConn.nonBlocking): crypto/tls reads the socket until it has a
+// record, and when the socket has nothing the relay gives its buffer back and
+// waits for the socket to become readable. No MSG_PEEK probe, and no buffer
+// held while the client is quiet.
+func (r *relay) readTLS(idle time.Duration) (int, error) {
+	r.refreshRead(idle)
+	bp := getBuf(relayBuffer)
+	n, err := r.src.Read((*bp)[:relayBuffer])
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		err = nil // the socket had nothing more; a real timeout shows in the wait below
+		if n == 0 {
+			putBuf(bp)
+			waited := false
+			return 0, r.raw.Read(func(uintptr) bool {
+				// The read above saw EAGAIN: wait for the next readiness.
+				ok := waited
+				waited = true
+				return ok
+			})
+		}
+	}
+	defer putBuf(bp)
+	return r.forward((*bp)[:n], idle, err)
+}
+
+// refreshRead moves src's read deadline, at most once per refreshEvery.
+func (r *relay) refreshRead(idle time.Duration) {
 	if now := time.Now(); !now.Before(r.readRefresh) {
 		every := refreshEvery(idle)
 		r.src.SetReadDeadline(now.Add(idle + every))
 		r.readRefresh = now.Add(every)
 	}
+}
+
+// readPlain reads a plain socket (the backend's, mostly) straight into a pooled
+// buffer taken only when the socket has data: one read syscall per chunk, no
+// readiness probe, and no buffer held while the session waits.
+func (r *relay) readPlain(idle time.Duration) (int, error) {
+	r.refreshRead(idle)
 	var (
 		bp   *[]byte
 		n    int
