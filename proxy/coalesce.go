@@ -33,48 +33,35 @@ type coalesceConn struct {
 	busy  bool       // a write syscall is in flight
 	err   error
 
-	// nb is the socket once the relay owns the connection (nonBlocking):
-	// reads then never wait.
-	nb syscall.RawConn
+	// While the relay reads inside its readiness loop (relay.readTLS), reads
+	// go straight to the socket fd and never wait.
+	direct bool
+	fd     uintptr
 }
 
-// nonBlocking makes the relay's reads return at once when the socket has
-// nothing: crypto/tls then keeps what it has of a record, and the relay waits
-// for the socket itself, holding no buffer and with no MSG_PEEK probe
-// (relay.readTLS). It reports whether that is possible: a plain TCP socket
-// with nothing read ahead of it, on a system with the probe's primitives.
-func (c *coalesceConn) nonBlocking() bool {
-	tc, ok := c.Conn.(*net.TCPConn)
-	if !ok || !canPeek {
-		return false
-	}
-	rc, err := tc.SyscallConn()
-	if err != nil {
-		return false
-	}
-	c.nb = rc
-	return true
+// canReadDirect reports whether the relay can read the socket under the TLS
+// layer itself (relay.readTLS): a plain TCP socket with nothing read ahead of
+// it, on a system with the primitives.
+func (c *coalesceConn) canReadDirect() bool {
+	_, ok := c.Conn.(*net.TCPConn)
+	return ok && canPeek
 }
 
-// Read in non-blocking mode returns os.ErrDeadlineExceeded when the socket has
-// no data: a timeout crypto/tls does not make sticky, and one that a Read
-// under a passed deadline returns anyway.
+// Read, inside the relay's readiness loop, is one non-blocking read of the
+// socket: no data returns os.ErrDeadlineExceeded at once, a timeout crypto/tls
+// does not make sticky (it keeps what it has of a record), and the relay's
+// loop waits for readiness, holding no buffer and with no MSG_PEEK probe.
+// Only the relay's goroutine reads once the session is relayed.
 func (c *coalesceConn) Read(b []byte) (int, error) {
-	if c.nb == nil {
+	if !c.direct {
 		return c.Conn.Read(b)
 	}
-	var (
-		n    int
-		rerr error
-	)
-	if err := c.nb.Read(func(fd uintptr) bool { n, rerr = readFD(fd, b); return true }); err != nil {
-		return 0, err
-	}
+	n, err := readFD(c.fd, b)
 	switch {
-	case rerr == syscall.EAGAIN:
+	case err == syscall.EAGAIN:
 		return 0, os.ErrDeadlineExceeded
-	case rerr != nil:
-		return 0, os.NewSyscallError("read", rerr)
+	case err != nil:
+		return 0, os.NewSyscallError("read", err)
 	case n == 0 && len(b) > 0:
 		return 0, io.EOF
 	}

@@ -74,7 +74,7 @@ type relay struct {
 	raw     syscall.RawConn // src's socket, for waiting without a buffer; nil: plain blocking reads
 	pending func() int      // bytes src holds above its socket
 	tls     bool            // src is a *tls.Conn: drain its records before waiting
-	nbTLS   bool            // src is the client's *tls.Conn over a non-blocking coalesceConn (readTLS)
+	direct  *coalesceConn   // under src, the client's *tls.Conn, when readTLS reads it
 	gather  *coalesceConn   // under dst when dst is the client's *tls.Conn: one write per chunk
 	count   *atomic.Int64
 	metric  prometheus.Counter
@@ -147,8 +147,8 @@ func (s *session) newRelay(src, dst net.Conn, count *atomic.Int64, metric promet
 	r.raw, r.pending = rawConn(src)
 	if tc, ok := src.(*tls.Conn); ok {
 		r.tls = true
-		if cc, ok := tc.NetConn().(*coalesceConn); ok && r.raw != nil {
-			r.nbTLS = cc.nonBlocking()
+		if cc, ok := tc.NetConn().(*coalesceConn); ok && r.raw != nil && cc.canReadDirect() {
+			r.direct = cc
 		}
 	}
 	if tc, ok := dst.(*tls.Conn); ok {
@@ -213,7 +213,7 @@ func (r *relay) copy() {
 
 // once waits until src has data, then reads and writes one buffer's worth.
 func (r *relay) once(idle time.Duration) (int, error) {
-	if r.nbTLS {
+	if r.direct != nil {
 		return r.readTLS(idle)
 	}
 	if r.tls {
@@ -234,30 +234,41 @@ func (r *relay) once(idle time.Duration) (int, error) {
 	return r.forward((*bp)[:n], idle, rerr)
 }
 
-// readTLS reads the client's TLS connection once its socket is non-blocking
-// (coalesceConn.nonBlocking): crypto/tls reads the socket until it has a
-// record, and when the socket has nothing the relay gives its buffer back and
-// waits for the socket to become readable. No MSG_PEEK probe, and no buffer
-// held while the client is quiet.
+// readTLS reads the client's TLS connection as readPlain reads a plain
+// socket: inside the socket's readiness loop, crypto/tls reads the socket
+// without waiting (coalesceConn.Read); when the socket has nothing more, the
+// buffer goes back to the pool and the loop waits for readiness. The read and
+// the wait are one RawConn.Read, so no readiness that arrives in between is
+// lost. No MSG_PEEK probe, no buffer held while the client is quiet.
 func (r *relay) readTLS(idle time.Duration) (int, error) {
 	r.refreshRead(idle)
-	bp := getBuf(relayBuffer)
-	n, err := r.src.Read((*bp)[:relayBuffer])
-	if errors.Is(err, os.ErrDeadlineExceeded) {
-		err = nil // the socket had nothing more; a real timeout shows in the wait below
-		if n == 0 {
-			putBuf(bp)
-			waited := false
-			return 0, r.raw.Read(func(uintptr) bool {
-				// The read above saw EAGAIN: wait for the next readiness.
-				ok := waited
-				waited = true
-				return ok
-			})
+	var (
+		bp   *[]byte
+		n    int
+		rerr error
+	)
+	err := r.raw.Read(func(fd uintptr) bool {
+		bp = getBuf(relayBuffer)
+		r.direct.fd, r.direct.direct = fd, true
+		n, rerr = r.src.Read((*bp)[:relayBuffer])
+		r.direct.direct = false
+		if n == 0 && errors.Is(rerr, os.ErrDeadlineExceeded) {
+			putBuf(bp) // wait without it
+			bp = nil
+			return false
 		}
+		return true
+	})
+	if bp != nil {
+		defer putBuf(bp)
 	}
-	defer putBuf(bp)
-	return r.forward((*bp)[:n], idle, err)
+	if err != nil {
+		return 0, err
+	}
+	if errors.Is(rerr, os.ErrDeadlineExceeded) {
+		rerr = nil // data came with it: the next read finds out
+	}
+	return r.forward((*bp)[:n], idle, rerr)
 }
 
 // refreshRead moves src's read deadline, at most once per refreshEvery.

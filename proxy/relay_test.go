@@ -313,3 +313,33 @@ func TestRelayStalledClient(t *testing.T) {
 	}
 	waitNoSessions(t, g)
 }
+
+// TestRelayPingPong: many small exchanges each way, every one waited for, so
+// each direction parks and wakes thousands of times; a wakeup lost between a
+// read that found nothing and the wait for readiness would stall an exchange.
+func TestRelayPingPong(t *testing.T) {
+	b := startScripted(t)
+	g := startGateway(t, b.ln.Addr().String(), nil)
+	tc, _, be := relayed(t, g, b)
+	cr, br := bufio.NewReader(tc), bufio.NewReader(be)
+	start := time.Now()
+	for i := 0; i < 3000 && time.Since(start) < 8*time.Second; i++ {
+		deadline := time.Now().Add(5 * time.Second)
+		tc.SetDeadline(deadline)
+		be.SetDeadline(deadline)
+		line := fmt.Sprintf("p%d NOOP\r\n", i)
+		if _, err := io.WriteString(tc, line); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := br.ReadString('\n'); err != nil || got != line {
+			t.Fatalf("exchange %d: backend got %q, %v", i, got, err)
+		}
+		reply := fmt.Sprintf("p%d OK done\r\n", i)
+		if _, err := io.WriteString(be, reply); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := cr.ReadString('\n'); err != nil || got != reply {
+			t.Fatalf("exchange %d: client got %q, %v", i, got, err)
+		}
+	}
+}
