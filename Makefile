@@ -61,7 +61,7 @@ demo:
 	$(GO) run ./cmd/imapgw demo
 
 # imapgw next to HAProxy and nginx's mail proxy, written to docs/BENCHMARKS.md
-# (about 5 minutes); then the Go micro-benchmarks of the parser, the policy and backend routing.
+# (about 12 minutes); then the Go micro-benchmarks of the parser, the policy and backend routing.
 bench:
 	bash scripts/bench-deps.sh
 	$(GO) run ./bench -out docs/BENCHMARKS.md

@@ -7,7 +7,7 @@
 // written to a markdown file. It does not install anything: scripts/bench-deps.sh
 // does (make bench runs it first).
 //
-//	go run ./bench -out docs/BENCHMARKS.md   # the full run, about 7 minutes
+//	go run ./bench -out docs/BENCHMARKS.md   # the full run, about 12 minutes
 //	go run ./bench -quick                    # a smoke run, about a minute
 //	go run ./bench -rounds 0 -pool=false -peers imapgw   # the banned-flood sections only
 package main
@@ -41,6 +41,18 @@ type options struct {
 	flood   bool
 	pool    bool
 	cluster bool
+	hybrid  bool
+	measure string // comma-separated kinds of the side-by-side rounds: idle, login, relay
+}
+
+// measures reports whether the rounds include the kind of measurement.
+func (o options) measures(kind string) bool {
+	for _, k := range strings.Split(o.measure, ",") {
+		if strings.TrimSpace(k) == kind {
+			return true
+		}
+	}
+	return false
 }
 
 func parseFlags(args []string) (options, error) {
@@ -58,6 +70,8 @@ func parseFlags(args []string) (options, error) {
 	fs.BoolVar(&o.pool, "pool", true, "measure imapgw through three backend servers against one")
 	fs.BoolVar(&o.cluster, "cluster", true, "measure imapgw with [cluster] on a local redis-server against without")
 	fs.BoolVar(&o.flood, "flood", true, "measure imapgw against a banned source's flood")
+	fs.BoolVar(&o.hybrid, "hybrid", true, "measure imapgw's handshake with X25519MLKEM768 against X25519")
+	fs.StringVar(&o.measure, "measure", "idle,login,relay", "side-by-side measurements of each round, comma-separated")
 	fs.DurationVar(&o.settle, "settle", 3*time.Second, "pause between opening the idle sessions and reading RSS")
 	fs.StringVar(&o.perfDir, "perf", "", "record imapgw with `perf record -g` during each measurement into this directory")
 	if err := fs.Parse(args); err != nil {
@@ -133,6 +147,13 @@ func run(opt options) error {
 	for round := range opt.rounds {
 		if err := b.round(rotate(peers, round), round+1); err != nil {
 			return err
+		}
+	}
+	for _, p := range peers {
+		if p.name() == nameImapgw && opt.hybrid {
+			if err := b.hybrid(p); err != nil {
+				return fmt.Errorf("hybrid handshake: %w", err)
+			}
 		}
 	}
 	for _, p := range peers {

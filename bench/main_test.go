@@ -115,3 +115,23 @@ func TestMessageSize(t *testing.T) {
 		}
 	}
 }
+
+// TestHybridTable: the X25519MLKEM768 line is in the report once measured.
+func TestHybridTable(t *testing.T) {
+	r := newResults()
+	if got := report(options{rounds: 1}, r, machine{}, 0); strings.Contains(got, "X25519MLKEM768 handshake") {
+		t.Error("hybrid section without a measurement")
+	}
+	r.add(nameImapgw, "hs.x25519", 1000)
+	r.add(nameImapgw, "hs.x25519.cpu", 500)
+	r.add(nameImapgw, "hs.mlkem", 600)
+	r.add(nameImapgw, "hs.mlkem.cpu", 750)
+	r.setTLS("hs.x25519", "X25519")
+	r.setTLS("hs.mlkem", "X25519MLKEM768")
+	got := report(options{rounds: 1}, r, machine{}, 0)
+	for _, want := range []string{"## The X25519MLKEM768 handshake", "| X25519MLKEM768 | 600 | 750 |", "250 µs more CPU per full handshake (1.50×)"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+}

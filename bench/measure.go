@@ -90,23 +90,33 @@ func (b *bench) round(order []peer, round int) error {
 		}
 		loadgen.Loop(8, b.opt.warmup, targets[p].LoginCycle)
 	}
-	for _, p := range order {
-		if err := b.idleMemory(p, targets[p], round); err != nil {
-			b.res.note("%s round %d: idle sessions: %v", p.name(), round, err)
+	if b.opt.measures("idle") {
+		for _, p := range order {
+			if err := b.idleMemory(p, targets[p], round); err != nil {
+				b.res.note("%s round %d: idle sessions: %v", p.name(), round, err)
+			}
 		}
 	}
-	for _, c := range []int{8, 64} {
+	for _, c := range concurrencies {
 		for _, p := range order {
-			b.logins(p, targets[p], c, round)
+			if b.opt.measures("login") {
+				b.logins(p, targets[p], c, round)
+			}
 		}
 	}
-	for _, n := range []int{2, 8} {
+	for _, n := range concurrencies {
 		for _, p := range order {
-			b.relay(p, targets[p], n, round)
+			if b.opt.measures("relay") {
+				b.relay(p, targets[p], n, round)
+			}
 		}
 	}
 	return nil
 }
+
+// concurrencies are the clients of the login measurement and the sessions of
+// the relay measurement (issue 16: 2, 8 and 64 for both).
+var concurrencies = []int{2, 8, 64}
 
 // probe records the negotiated TLS parameters, which must be the same for all.
 func (b *bench) probe(p peer, t *loadgen.Target) error {

@@ -146,7 +146,8 @@ func (g *imapgwPeer) stop() error { return g.p.stop(syscall.SIGTERM) }
 // limits are raised so that it never refuses them. bans.source_failures counts
 // failed and pending logins, so it stays above the 8 logins in flight per source
 // of 64 clients; the flood test's source fails that many logins and is banned,
-// with no delay.
+// with no delay. The log level is the default (info): one auth line and one
+// session line per login, written to a file, as an operator runs it.
 func imapgwConfig(e *env, dir string, port int) string {
 	return fmt.Sprintf(`# Written by the benchmark (bench/peers.go).
 [server]
@@ -179,9 +180,6 @@ failure_delay = "0s"
 
 [admin]
 address = ""
-
-[log]
-level = "warn"
 `, benchHost, filepath.Join(dir, "state"), port, e.cert.cert, e.cert.key, e.backend, e.maxConns, e.maxConns, sourceFailures)
 }
 
@@ -210,7 +208,8 @@ func (h *haproxyPeer) stop() error { return h.p.stop(syscall.SIGTERM) }
 
 // haproxyConfig: defaults except what the bench needs. maxconn counts client
 // sessions; HAProxy derives its fd need (about twice that) and checks it
-// against RLIMIT_NOFILE at start. The TLS 1.3 suites are
+// against RLIMIT_NOFILE at start. nbthread 2: one thread per core of the
+// bench machine, as an operator would run it. The TLS 1.3 suites are
 // listed with AES-128-GCM first, because HAProxy picks by its own order and
 // OpenSSL's puts AES-256 first; the other two pick AES-128-GCM from the client's
 // order, and the same cipher for all is the point.
@@ -218,6 +217,7 @@ func haproxyConfig(e *env, port int) string {
 	return fmt.Sprintf(`# Written by the benchmark (bench/peers.go).
 global
 	maxconn %d
+	nbthread 2
 	ssl-default-bind-ciphersuites TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256
 
 defaults

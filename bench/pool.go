@@ -125,7 +125,7 @@ func poolTable(r *results, opt options) string {
 	b.WriteString("turn, so the rendezvous hash spreads them over the three. Settings that differ from the\n")
 	b.WriteString("defaults: those of the comparison above (`client_ip = \"id\"`, `bans.allow = []`,\n")
 	b.WriteString("`bans.source_failures = 16`, `bans.failure_delay = \"0s\"`, `limits.*` raised,\n")
-	b.WriteString("`server.drain_timeout = \"1s\"`, `log.level = \"warn\"`, admin off), plus\n")
+	b.WriteString("`server.drain_timeout = \"1s\"`, admin off; `log.level` is the default, info), plus\n")
 	b.WriteString("`route = \"user\"` (the default, written out) and the server tables; `affinity`,\n")
 	b.WriteString("`check_interval`, `check_timeout`, `fall`, `rise` are the defaults.\n\n")
 	b.WriteString("| measurement | three servers | one server | three / one | target |\n|---|--:|--:|--:|---|\n")

@@ -18,21 +18,24 @@ type row struct {
 }
 
 // comparisonRows are the measurements every peer gets, in table order.
-var comparisonRows = []row{
-	{key: "login8", label: "login cycles/s, 8 clients", format: "%.0f", target: 1.1},
-	{key: "login8.p50", label: "  p50 latency, ms", format: "%.2f", lowerBetter: true},
-	{key: "login8.p99", label: "  p99 latency, ms", format: "%.2f", lowerBetter: true},
-	{key: "login8.cpu", label: "  proxy CPU per cycle, µs", format: "%.0f", lowerBetter: true},
-	{key: "login64", label: "login cycles/s, 64 clients", format: "%.0f", target: 1.1},
-	{key: "login64.p50", label: "  p50 latency, ms", format: "%.2f", lowerBetter: true},
-	{key: "login64.p99", label: "  p99 latency, ms", format: "%.2f", lowerBetter: true},
-	{key: "login64.cpu", label: "  proxy CPU per cycle, µs", format: "%.0f", lowerBetter: true},
-	{key: "relay2", label: "relay MB/s, 16 MB FETCH, 2 sessions", format: "%.0f", target: 1.2},
-	{key: "relay2.cpu", label: "  proxy CPU per MB, µs", format: "%.0f", lowerBetter: true},
-	{key: "relay8", label: "relay MB/s, 16 MB FETCH, 8 sessions", format: "%.0f", target: 1.2},
-	{key: "relay8.cpu", label: "  proxy CPU per MB, µs", format: "%.0f", lowerBetter: true},
-	{key: "idle", label: "KB per idle session", format: "%.1f", lowerBetter: true, target: 1.0},
-}
+var comparisonRows = func() []row {
+	var rows []row
+	for _, c := range concurrencies {
+		k := fmt.Sprintf("login%d", c)
+		rows = append(rows,
+			row{key: k, label: fmt.Sprintf("login cycles/s, %d clients", c), format: "%.0f", target: 1.1},
+			row{key: k + ".p50", label: "  p50 latency, ms", format: "%.2f", lowerBetter: true},
+			row{key: k + ".p99", label: "  p99 latency, ms", format: "%.2f", lowerBetter: true},
+			row{key: k + ".cpu", label: "  proxy CPU per cycle, µs", format: "%.0f", lowerBetter: true})
+	}
+	for _, n := range concurrencies {
+		k := fmt.Sprintf("relay%d", n)
+		rows = append(rows,
+			row{key: k, label: fmt.Sprintf("relay MB/s, 16 MB FETCH, %d sessions", n), format: "%.0f", target: 1.2},
+			row{key: k + ".cpu", label: "  proxy CPU per MB, µs", format: "%.0f", lowerBetter: true, target: 0.8})
+	}
+	return append(rows, row{key: "idle", label: "KB per idle session", format: "%.1f", lowerBetter: true, target: 0.7})
+}()
 
 var peerOrder = []string{nameImapgw, nameHAProxy, nameNginx}
 

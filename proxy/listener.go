@@ -86,10 +86,10 @@ func (l *listener) refused(client netip.AddrPort, err error) {
 	}
 }
 
-// start runs a session on an admitted connection. Keep-alive is set here, not
-// by the listener: refused connections need no setsockopt calls.
+// start runs a session on an admitted connection. Keep-alive comes from the
+// listener (Linux) or is set here: refused connections need no setsockopt calls.
 func (l *listener) start(raw, c net.Conn, client netip.AddrPort, release func()) {
-	if tc, ok := raw.(*net.TCPConn); ok {
+	if tc, ok := raw.(*net.TCPConn); ok && !inheritsKeepAlive {
 		tc.SetKeepAliveConfig(keepAlive)
 	}
 	lc := l.cfg.Load()
@@ -100,7 +100,7 @@ func (l *listener) start(raw, c net.Conn, client netip.AddrPort, release func())
 		release()
 		return
 	}
-	go ss.run()
+	l.srv.spawn(ss.run)
 }
 
 func refusalOutcome(err error) string {

@@ -168,7 +168,7 @@ func (s *session) logAuth(c creds, backend, outcome, reason string, start time.T
 		args = append(args, "reason", sanitize(reason, 256))
 	}
 	args = append(args, "duration", time.Since(start).Round(time.Microsecond))
-	s.logger().Info("auth", args...)
+	s.logInfo("auth", args...)
 }
 
 // countAuth counts one auth decision in the metrics; logAuth calls it, and so

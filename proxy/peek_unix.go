@@ -21,3 +21,17 @@ func peekReady(fd uintptr) (bool, error) {
 		return true, nil // data, EOF, or an error the Read will report
 	}
 }
+
+// readFD reads from a non-blocking socket; EAGAIN means no data yet.
+func readFD(fd uintptr, b []byte) (int, error) {
+	for {
+		n, err := unix.Read(int(fd), b)
+		if err == unix.EINTR {
+			continue
+		}
+		if n < 0 {
+			n = 0
+		}
+		return n, err
+	}
+}

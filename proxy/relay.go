@@ -14,15 +14,57 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// relayBuffer is the size of the pooled relay buffers. An idle session holds
-// none: a buffer is taken only once its socket is readable (see waitReadable).
-const relayBuffer = 32 << 10
+// relayBuffer is the size of a relay read, and bulkBuffer that of a read after
+// one that filled its buffer: a session moving bulk data (a big FETCH, an
+// APPEND) reads and writes in large chunks, fewer syscalls per byte, and goes
+// back to small ones after a short read. An idle session holds no buffer at
+// all: one is taken only once its socket has data (see readPlain and
+// waitReadable).
+const (
+	relayBuffer = 32 << 10
+	bulkBuffer  = 256 << 10
+)
 
 // halfCloseGrace is how long the other direction may go on after one side
 // ended cleanly.
 const halfCloseGrace = 5 * time.Second
 
-var bufPool = sync.Pool{New: func() any { b := make([]byte, relayBuffer); return &b }}
+// The pools hold read buffers and gathered TLS records (coalesceConn) of the
+// two sizes, with room for the records' overhead.
+var (
+	smallCap  = relayBuffer + recordSlack(relayBuffer)
+	bulkCap   = bulkBuffer + recordSlack(bulkBuffer)
+	smallPool = sync.Pool{New: func() any { b := make([]byte, 0, smallCap); return &b }}
+	bulkPool  = sync.Pool{New: func() any { b := make([]byte, 0, bulkCap); return &b }}
+)
+
+// getBuf returns an empty pooled buffer of at least size bytes' capacity.
+func getBuf(size int) *[]byte {
+	switch {
+	case size <= smallCap:
+		return smallPool.Get().(*[]byte)
+	case size <= bulkCap:
+		return bulkPool.Get().(*[]byte)
+	}
+	b := make([]byte, 0, size)
+	return &b
+}
+
+// putBuf gives a buffer back to its pool; one that append grew is dropped.
+func putBuf(bp *[]byte) {
+	*bp = (*bp)[:0]
+	switch cap(*bp) {
+	case smallCap:
+		smallPool.Put(bp)
+	case bulkCap:
+		bulkPool.Put(bp)
+	}
+}
+
+// refreshEvery is how often a busy direction moves its deadlines: once a
+// second (less for short idle timeouts) rather than per chunk. The deadline is
+// set that much further out, so it never fires before idle_timeout of silence.
+func refreshEvery(idle time.Duration) time.Duration { return min(time.Second, idle/8) }
 
 // relay is one direction of a logged-in session.
 type relay struct {
@@ -32,8 +74,15 @@ type relay struct {
 	raw     syscall.RawConn // src's socket, for waiting without a buffer; nil: plain blocking reads
 	pending func() int      // bytes src holds above its socket
 	tls     bool            // src is a *tls.Conn: drain its records before waiting
+	direct  *coalesceConn   // under src, the client's *tls.Conn, when readTLS reads it
+	gather  *coalesceConn   // under dst when dst is the client's *tls.Conn: one write per chunk
 	count   *atomic.Int64
 	metric  prometheus.Counter
+	left    *atomic.Int32 // directions still running
+
+	size         int       // the next read's size: relayBuffer, or bulkBuffer after a full read
+	readRefresh  time.Time // when src's read deadline is next moved (plain src only)
+	writeRefresh time.Time // when dst's write deadline is next moved
 }
 
 // startRelay forwards what either side sent ahead, then starts the two copy
@@ -60,6 +109,7 @@ func (s *session) startRelay(bc *backendConn) {
 	left.Store(2)
 	up := s.newRelay(s.conn, backend, &s.bytesIn, s.srv.m.toBackend)
 	down := s.newRelay(backend, s.conn, &s.bytesOut, s.srv.m.toClient)
+	up.left, down.left = &left, &left
 	// The direction that ends first names who closed the session (unless the
 	// gateway did, for the pool): "backend" after a LOGOUT (the server closes
 	// first), "client" when the app drops the connection.
@@ -93,9 +143,17 @@ func (s *session) sendAhead(dst net.Conn, b []byte, count *atomic.Int64, metric 
 }
 
 func (s *session) newRelay(src, dst net.Conn, count *atomic.Int64, metric prometheus.Counter) *relay {
-	r := &relay{s: s, src: src, dst: dst, count: count, metric: metric}
+	r := &relay{s: s, src: src, dst: dst, count: count, metric: metric, size: relayBuffer}
 	r.raw, r.pending = rawConn(src)
-	_, r.tls = src.(*tls.Conn)
+	if tc, ok := src.(*tls.Conn); ok {
+		r.tls = true
+		if cc, ok := tc.NetConn().(*coalesceConn); ok && r.raw != nil && cc.canReadDirect() {
+			r.direct = cc
+		}
+	}
+	if tc, ok := dst.(*tls.Conn); ok {
+		r.gather, _ = tc.NetConn().(*coalesceConn)
+	}
 	return r
 }
 
@@ -113,7 +171,7 @@ func (s *session) relayEnded(backend net.Conn) {
 	} else {
 		args = append(args, "closed_by", endedBy)
 	}
-	s.logger().Info("session ended", args...)
+	s.logInfo("session ended", args...)
 	s.poolEnd()
 	s.end()
 }
@@ -140,6 +198,9 @@ func (r *relay) copy() {
 			// Pass the half-close on, and give the other direction a moment to
 			// deliver what is in flight: then both sides close, so a peer that
 			// never closes its end cannot hold the session for idle_timeout.
+			if r.left.Load() == 1 {
+				return // the other direction is over: relayEnded closes both now
+			}
 			closeWrite(r.dst)
 			time.AfterFunc(halfCloseGrace, func() { r.src.Close(); r.dst.Close() })
 			return
@@ -152,27 +213,135 @@ func (r *relay) copy() {
 
 // once waits until src has data, then reads and writes one buffer's worth.
 func (r *relay) once(idle time.Duration) (int, error) {
+	if r.direct != nil {
+		return r.readTLS(idle)
+	}
 	if r.tls {
 		if n, err := r.drainTLS(); n > 0 || err != nil {
 			return n, err
 		}
 	}
+	if !r.tls && r.raw != nil && r.pending() == 0 {
+		return r.readPlain(idle)
+	}
 	r.src.SetReadDeadline(time.Now().Add(idle))
 	if err := r.waitReadable(); err != nil {
 		return 0, err
 	}
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	n, rerr := r.src.Read(*bp)
+	bp := getBuf(relayBuffer)
+	defer putBuf(bp)
+	n, rerr := r.src.Read((*bp)[:relayBuffer])
 	return r.forward((*bp)[:n], idle, rerr)
 }
 
+// readTLS reads the client's TLS connection as readPlain reads a plain
+// socket: inside the socket's readiness loop, crypto/tls reads the socket
+// without waiting (coalesceConn.Read); when the socket has nothing more, the
+// buffer goes back to the pool and the loop waits for readiness. The read and
+// the wait are one RawConn.Read, so no readiness that arrives in between is
+// lost. No MSG_PEEK probe, no buffer held while the client is quiet.
+func (r *relay) readTLS(idle time.Duration) (int, error) {
+	r.refreshRead(idle)
+	var (
+		bp   *[]byte
+		n    int
+		rerr error
+	)
+	err := r.raw.Read(func(fd uintptr) bool {
+		bp = getBuf(relayBuffer)
+		r.direct.fd, r.direct.direct = fd, true
+		n, rerr = r.src.Read((*bp)[:relayBuffer])
+		r.direct.direct = false
+		if n == 0 && errors.Is(rerr, os.ErrDeadlineExceeded) {
+			putBuf(bp) // wait without it
+			bp = nil
+			return false
+		}
+		return true
+	})
+	if bp != nil {
+		defer putBuf(bp)
+	}
+	if err != nil {
+		return 0, err
+	}
+	if errors.Is(rerr, os.ErrDeadlineExceeded) {
+		rerr = nil // data came with it: the next read finds out
+	}
+	return r.forward((*bp)[:n], idle, rerr)
+}
+
+// refreshRead moves src's read deadline, at most once per refreshEvery.
+func (r *relay) refreshRead(idle time.Duration) {
+	if now := time.Now(); !now.Before(r.readRefresh) {
+		every := refreshEvery(idle)
+		r.src.SetReadDeadline(now.Add(idle + every))
+		r.readRefresh = now.Add(every)
+	}
+}
+
+// readPlain reads a plain socket (the backend's, mostly) straight into a pooled
+// buffer taken only when the socket has data: one read syscall per chunk, no
+// readiness probe, and no buffer held while the session waits.
+func (r *relay) readPlain(idle time.Duration) (int, error) {
+	r.refreshRead(idle)
+	var (
+		bp   *[]byte
+		n    int
+		rerr error
+	)
+	size := r.size
+	err := r.raw.Read(func(fd uintptr) bool {
+		bp = getBuf(size)
+		n, rerr = readFD(fd, (*bp)[:size])
+		if rerr == syscall.EAGAIN {
+			putBuf(bp) // park without it
+			bp = nil
+			return false
+		}
+		return true
+	})
+	if bp != nil {
+		defer putBuf(bp)
+	}
+	switch {
+	case err != nil: // deadline, closed
+		return 0, err
+	case rerr != nil:
+		return 0, os.NewSyscallError("read", rerr)
+	case n == 0:
+		return 0, io.EOF
+	}
+	if n == size {
+		r.size = bulkBuffer
+	} else {
+		r.size = relayBuffer
+	}
+	return r.forward((*bp)[:n], idle, nil)
+}
+
 func (r *relay) forward(b []byte, idle time.Duration, rerr error) (int, error) {
-	if len(b) > 0 {
-		r.dst.SetWriteDeadline(time.Now().Add(idle))
+	if len(b) == 0 {
+		return 0, rerr
+	}
+	if now := time.Now(); !now.Before(r.writeRefresh) {
+		every := refreshEvery(idle)
+		r.dst.SetWriteDeadline(now.Add(idle + every))
+		r.writeRefresh = now.Add(every)
+	}
+	if r.gather == nil {
 		if _, err := r.dst.Write(b); err != nil {
 			return len(b), err
 		}
+		return len(b), rerr
+	}
+	r.gather.gather(len(b) + recordSlack(len(b)))
+	_, err := r.dst.Write(b)
+	if ferr := r.gather.flush(); err == nil {
+		err = ferr
+	}
+	if err != nil {
+		return len(b), err
 	}
 	return len(b), rerr
 }
@@ -182,10 +351,10 @@ func (r *relay) forward(b []byte, idle time.Duration, rerr error) (int, error) {
 // A Read under a deadline in the past returns them without touching the
 // socket, or a timeout that crypto/tls does not make sticky.
 func (r *relay) drainTLS() (int, error) {
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
+	bp := getBuf(relayBuffer)
+	defer putBuf(bp)
 	r.src.SetReadDeadline(pastDeadline)
-	n, err := r.src.Read(*bp)
+	n, err := r.src.Read((*bp)[:relayBuffer])
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		err = nil
 	}
@@ -230,6 +399,8 @@ func rawConn(c net.Conn) (syscall.RawConn, func() int) {
 		switch t := c.(type) {
 		case *tls.Conn:
 			c = t.NetConn()
+		case *coalesceConn:
+			c = t.Conn
 		case *prefixConn:
 			rc, _ := rawConn(t.Conn)
 			return rc, t.pending

@@ -80,6 +80,7 @@ type Server struct {
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup // accept loops, sessions and the trimmer
 	started   atomic.Uint64  // sessions started, for the trimmer
+	work      chan func()    // sessions for waiting workers (workers.go)
 }
 
 // New prepares a server; Start opens its listeners.
@@ -98,6 +99,7 @@ func New(cfg *conf.Config, o Options) (*Server, error) {
 		untrusted: newLogThrottle(untrustedLogEvery),
 		listeners: map[string]*listener{},
 		sessions:  map[*session]struct{}{},
+		work:      make(chan func()),
 	}
 	s.pool = o.Backends
 	if s.pool == nil {
@@ -178,9 +180,10 @@ func (s *Server) Listeners() []BoundListener {
 	return out
 }
 
-// listenConfig leaves keep-alive off at accept; start turns it on for admitted
-// connections only.
-var listenConfig = net.ListenConfig{KeepAlive: -1}
+// listenConfig: Go's per-connection keep-alive is off at accept; the
+// listening socket carries keepAlive where accepted sockets inherit it
+// (keepalive_linux.go), else start sets it on admitted connections only.
+var listenConfig = net.ListenConfig{KeepAlive: -1, Control: listenKeepAlive}
 
 // syncListeners opens the listeners in want that are not open and closes those
 // no longer wanted. Opening is all or nothing.

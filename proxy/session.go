@@ -90,6 +90,13 @@ func (s *session) logger() *slog.Logger {
 	return s.srv.log.With("session", s.id, "client", s.client.String())
 }
 
+// logInfo writes an info line with the session's id and client first, as
+// logger() would, without building a logger: the auth and session lines are
+// two per login, the hot path of a login cycle (issue 16).
+func (s *session) logInfo(msg string, args ...any) {
+	s.srv.log.Info(msg, append([]any{"session", s.id, "client", s.client.String()}, args...)...)
+}
+
 func newID() string {
 	var b [10]byte
 	rand.Read(b[:])
@@ -188,7 +195,7 @@ func (s *session) closeNow() {
 // deadline rather than HandshakeContext: no watcher goroutine per handshake;
 // interrupt wakes the read at shutdown.
 func (s *session) handshake() error {
-	tc := tls.Server(s.conn, s.srv.tlsConf)
+	tc := tls.Server(&coalesceConn{Conn: s.conn}, s.srv.tlsConf) // the relay gathers its records (coalesce.go)
 	s.conn.SetDeadline(s.lineDeadline())
 	if err := s.srv.ctx.Err(); err != nil {
 		return err // interrupt ran before the deadline above replaced its own

@@ -16,8 +16,6 @@ import (
 // close at accept, so anything near a second is an open connection.
 var refusalWait = time.Second
 
-var discardPool = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
-
 // LoginCycle is one whole client visit: connect, full TLS handshake, greeting,
 // LOGIN, LOGOUT, close.
 func (t *Target) LoginCycle() error {
@@ -181,6 +179,7 @@ func openLoggedIn(t *Target, n int) ([]*Session, error) {
 		s, err := t.Open()
 		if err == nil {
 			err = s.Login(t.User, t.Password)
+			s.bulk()
 			ss = append(ss, s)
 		}
 		if err != nil {

@@ -221,23 +221,24 @@ func (s *Session) readLine() ([]byte, error) {
 	return bytes.TrimRight(line, "\r\n"), nil
 }
 
-// discard skips n literal bytes: first what is buffered, then straight from
-// the connection through a large buffer, so big literals cost few calls.
+// bulkReader is the client's read buffer on a relay session: a mail app
+// reading a big message through a 64 KB bufio.Reader (issue 16's setup).
+const bulkReader = 64 << 10
+
+// bulk moves the session to a bulkReader-sized buffer, for relay sessions
+// only: login cycles and idle sessions keep the small one.
+func (s *Session) bulk() {
+	if s.br.Buffered() == 0 {
+		s.br = bufio.NewReaderSize(s.conn, bulkReader)
+	}
+}
+
+// discard skips n literal bytes through the session's reader, a megabyte at a
+// time under a fresh deadline.
 func (s *Session) discard(n int64) error {
-	k, err := s.br.Discard(int(min(n, int64(s.br.Buffered()))))
-	n -= int64(k)
-	if err != nil {
-		return err
-	}
-	if n == 0 {
-		return nil
-	}
-	bp := discardPool.Get().(*[]byte)
-	defer discardPool.Put(bp)
-	buf := *bp
 	for n > 0 {
 		s.conn.SetReadDeadline(time.Now().Add(s.timeout))
-		k, err := s.conn.Read(buf[:min(n, int64(len(buf)))])
+		k, err := s.br.Discard(int(min(n, 1<<20)))
 		n -= int64(k)
 		if err != nil && n > 0 {
 			return err

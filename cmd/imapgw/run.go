@@ -36,8 +36,11 @@ func runCmd(args []string, stderr io.Writer) int {
 	done := make(chan struct{})
 	defer close(done)
 	go notify.pingWatchdog(done)
-	g, err := startGateway(cfg, *path, stderr)
+	logs := newLogWriter(stderr)
+	defer logs.Close()
+	g, err := startGateway(cfg, *path, logs)
 	if err != nil {
+		logs.Close() // the gateway's own lines first
 		fmt.Fprintln(stderr, "imapgw:", err)
 		return 1
 	}
