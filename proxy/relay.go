@@ -160,6 +160,14 @@ func (s *session) newRelay(src, dst net.Conn, count *atomic.Int64, metric promet
 func (s *session) relayEnded(backend net.Conn) {
 	backend.Close()
 	s.conn.Close()
+	// Both directions are over: a pending grace timer would only wake up a
+	// thread in 5 s to close what is closed (the bench saw it as CPU spent
+	// long after a burst of logins).
+	s.mu.Lock()
+	if s.grace != nil {
+		s.grace.Stop()
+	}
+	s.mu.Unlock()
 	s.srv.m.sessions.WithLabelValues(stateRelaying).Dec()
 	args := []any{"user", sanitize(s.user, 256), "backend", s.backend, "bytes_in", s.bytesIn.Load(), "bytes_out", s.bytesOut.Load(),
 		"duration", time.Since(s.since).Round(time.Millisecond)}
@@ -202,7 +210,10 @@ func (r *relay) copy() {
 				return // the other direction is over: relayEnded closes both now
 			}
 			closeWrite(r.dst)
-			time.AfterFunc(halfCloseGrace, func() { r.src.Close(); r.dst.Close() })
+			t := time.AfterFunc(halfCloseGrace, func() { r.src.Close(); r.dst.Close() })
+			r.s.mu.Lock()
+			r.s.grace = t
+			r.s.mu.Unlock()
 			return
 		}
 		r.src.Close()

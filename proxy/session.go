@@ -69,9 +69,10 @@ type session struct {
 	closed   bool
 	bytesIn  atomic.Int64
 	bytesOut atomic.Int64
-	peer     net.Conn // the backend, once relaying
-	closedBy string   // why the gateway closed the relayed session (drain kick, move, kick)
-	endedBy  string   // "client" or "backend": whose side of the relay ended first
+	peer     net.Conn    // the backend, once relaying
+	closedBy string      // why the gateway closed the relayed session (drain kick, move, kick)
+	endedBy  string      // "client" or "backend": whose side of the relay ended first
+	grace    *time.Timer // closes both sides halfCloseGrace after the first half-close
 
 	poolEnd func() // tells the backend pool the relayed session ended
 }
