@@ -42,6 +42,10 @@ const (
 	defaultAffinityRefresh = 20 * time.Second
 )
 
+// shares reports whether routing asks the fleet's store: there is one, and
+// more than one server to choose from.
+func (p *Pool) shares() bool { return p.store != nil && p.choice.Load() }
+
 // sharedRoute puts the fleet's pin first in order (the usable servers, local
 // choice first) when that server is usable here. On a store error or
 // timeout it returns the local choice: fail open.

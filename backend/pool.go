@@ -48,7 +48,11 @@ type Pool struct {
 	umap     *userMap                // nil: no map file
 	mapStamp fileStamp
 
-	store        AffinityStore // nil: no shared pinning
+	store AffinityStore // nil: no shared pinning
+	// choice: more than one server is configured. With one there is
+	// nothing to pin, and the fleet's store is not asked at all (a login
+	// then costs Redis nothing for pinning).
+	choice       atomic.Bool
 	storeTimeout time.Duration
 	storeRefresh time.Duration
 	storeDown    atomic.Bool       // the last store call failed (one warning per outage)
@@ -168,6 +172,7 @@ func (p *Pool) retire(servers []*Server) []string {
 // state, and returns the names of those with a new one.
 func (p *Pool) install(servers []*Server) (added []string) {
 	p.servers = servers
+	p.choice.Store(len(servers) > 1)
 	p.byName = make(map[string]*Server, len(servers))
 	for _, s := range servers {
 		st := p.states[s.Name]

@@ -26,7 +26,7 @@ func (p *Pool) RouteInto(dst []*Server, user string) (order []*Server, reason st
 	start := len(dst)
 	order, reason = p.route(dst, key, now)
 	p.mu.RUnlock()
-	if p.store != nil && len(order) > start {
+	if p.shares() && len(order) > start {
 		_, reason = p.sharedRoute(order[start:], key, reason)
 	}
 	return order, reason

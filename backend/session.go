@@ -52,7 +52,7 @@ func (p *Pool) SessionStarted(user string, s *Server, closeFn func(reason string
 	sess.state.sessions[sess] = struct{}{}
 	p.m.sessions.WithLabelValues(s.Name).Inc() // under p.mu: a reload may delete the series
 	p.mu.Unlock()
-	if p.store != nil {
+	if p.shares() {
 		p.markDirty(sess.key, s.Name)
 	}
 	var once sync.Once
@@ -60,7 +60,7 @@ func (p *Pool) SessionStarted(user string, s *Server, closeFn func(reason string
 }
 
 func (p *Pool) endSession(sess *session) {
-	if p.store != nil {
+	if p.shares() {
 		defer p.markDirty(sess.key, "")
 	}
 	now := p.now()
