@@ -209,7 +209,7 @@ func (c *Cluster) serve(ctx context.Context, lost <-chan struct{}) {
 			hctx, cancel := context.WithTimeout(ctx, heartbeatTimeout)
 			err := c.heartbeat(hctx)
 			if err == nil && c.pol != nil {
-				_, err = c.pushPending(hctx, nil)
+				_, err = c.pushPending(hctx)
 			}
 			cancel()
 			if err != nil && ctx.Err() == nil {

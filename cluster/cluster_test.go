@@ -60,20 +60,8 @@ func startNodeBans(t *testing.T, url, name string, bans conf.Bans) *node {
 	wg.Add(1)
 	go func() { defer wg.Done(); c.Run(ctx) }()
 	t.Cleanup(func() { cancel(); wg.Wait() })
-	waitFor(t, 5*time.Second, name+" up", c.Up)
+	testbed.WaitFor(t, 5*time.Second, name+" up", c.Up)
 	return &node{lim: lim, c: c, logs: logs}
-}
-
-func waitFor(t *testing.T, d time.Duration, what string, ok func() bool) time.Duration {
-	t.Helper()
-	start := time.Now()
-	for !ok() {
-		if time.Since(start) > d {
-			t.Fatalf("%s: not within %s", what, d)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	return time.Since(start)
 }
 
 func banned(l *limiter.Limiter, ip string) bool {
@@ -92,7 +80,7 @@ func TestBanPropagation(t *testing.T) {
 	r := testbed.StartRedis(t, testbed.RedisOptions{Password: password})
 	a, b := startNode(t, r.URL(), "a"), startNode(t, r.URL(), "b")
 	a.lim.AddBan(netip.MustParseAddr("192.0.2.7"), time.Hour, "test")
-	d := waitFor(t, time.Second, "ban on b", func() bool { return banned(b.lim, "192.0.2.7") })
+	d := testbed.WaitFor(t, time.Second, "ban on b", func() bool { return banned(b.lim, "192.0.2.7") })
 	t.Logf("ban propagation: %s", d)
 	bs := b.lim.Bans()
 	if len(bs) != 1 || bs[0].Node != "a" || bs[0].Reason != "test" {
@@ -104,7 +92,7 @@ func TestBanPropagation(t *testing.T) {
 	if !b.lim.LiftBan(netip.MustParseAddr("192.0.2.7")) {
 		t.Fatal("lift on b found no ban")
 	}
-	d = waitFor(t, time.Second, "lift on a", func() bool { return !banned(a.lim, "192.0.2.7") })
+	d = testbed.WaitFor(t, time.Second, "lift on a", func() bool { return !banned(a.lim, "192.0.2.7") })
 	t.Logf("lift propagation: %s", d)
 }
 
@@ -126,7 +114,7 @@ func TestSharedFailures(t *testing.T) {
 			t.Fatalf("failure %d: banned %v, want %v", i+1, v.Banned, last)
 		}
 	}
-	waitFor(t, time.Second, "ban on both", func() bool { return banned(a.lim, src.String()) && banned(b.lim, src.String()) })
+	testbed.WaitFor(t, time.Second, "ban on both", func() bool { return banned(a.lim, src.String()) && banned(b.lim, src.String()) })
 }
 
 // TestSharedProtection: failures on one account from many sources through two
@@ -154,7 +142,7 @@ func TestSharedProtection(t *testing.T) {
 	}
 	for _, n := range nodes {
 		stranger := netip.MustParseAddr("10.9.9.9")
-		waitFor(t, time.Second, "protection", func() bool {
+		testbed.WaitFor(t, time.Second, "protection", func() bool {
 			at, err := n.lim.Try(stranger, "alice")
 			at.Done()
 			return err != nil
@@ -168,7 +156,7 @@ func TestSharedProtection(t *testing.T) {
 	a.lim.AddBan(netip.MustParseAddr("192.0.2.1"), time.Hour, "")
 	a.lim.LiftBan(netip.MustParseAddr("192.0.2.1"))
 	a.lim.AddBan(netip.MustParseAddr("192.0.2.2"), time.Hour, "")
-	waitFor(t, time.Second, "ban on b", func() bool { return banned(b.lim, "192.0.2.2") })
+	testbed.WaitFor(t, time.Second, "ban on b", func() bool { return banned(b.lim, "192.0.2.2") })
 	checkTTLs(t, a.c)
 }
 
@@ -223,14 +211,14 @@ func TestOutage(t *testing.T) {
 	if !banned(a.lim, src.String()) {
 		t.Fatal("local count did not ban while Redis was away")
 	}
-	waitFor(t, 5*time.Second, "a down", func() bool { return !a.c.Up() })
+	testbed.WaitFor(t, 5*time.Second, "a down", func() bool { return !a.c.Up() })
 	r.Resume()
-	waitFor(t, 10*time.Second, "a up", a.c.Up)
-	waitFor(t, 5*time.Second, "pushed ban on b", func() bool { return banned(b.lim, src.String()) })
+	testbed.WaitFor(t, 10*time.Second, "a up", a.c.Up)
+	testbed.WaitFor(t, 5*time.Second, "pushed ban on b", func() bool { return banned(b.lim, src.String()) })
 	r.Kill()
-	waitFor(t, 5*time.Second, "a down after kill", func() bool { return !a.c.Up() })
+	testbed.WaitFor(t, 5*time.Second, "a down after kill", func() bool { return !a.c.Up() })
 	r.Start()
-	waitFor(t, 10*time.Second, "a up after restart", a.c.Up)
+	testbed.WaitFor(t, 10*time.Second, "a up after restart", a.c.Up)
 	if n := strings.Count(a.logs.String(), "redis unreachable"); n != 2 {
 		t.Errorf("a logged %d outage warnings for 2 outages:\n%s", n, a.logs)
 	}
@@ -268,8 +256,8 @@ func TestSharedLadder(t *testing.T) {
 	if v := fail(a, 1); !v.Banned {
 		t.Fatal("a did not ban")
 	}
-	waitFor(t, time.Second, "ban on b", func() bool { return banned(b.lim, src.String()) })
-	waitFor(t, 2*time.Second, "first ban to end on b", func() bool { return !banned(b.lim, src.String()) })
+	testbed.WaitFor(t, time.Second, "ban on b", func() bool { return banned(b.lim, src.String()) })
+	testbed.WaitFor(t, 2*time.Second, "first ban to end on b", func() bool { return !banned(b.lim, src.String()) })
 	v := fail(b, 2)
 	if got := v.Until.Sub(time.Now()); !v.Banned || got < 900*time.Millisecond {
 		t.Errorf("second ban through b: banned %v for %s, want the ladder's second step (1.2s)", v.Banned, got)
@@ -295,7 +283,7 @@ func TestWrongPassword(t *testing.T) {
 	done := make(chan struct{})
 	go func() { defer close(done); c.Run(ctx) }()
 	defer func() { cancel(); <-done }()
-	waitFor(t, 5*time.Second, "an error", func() bool { return c.Status().LastError != "" })
+	testbed.WaitFor(t, 5*time.Second, "an error", func() bool { return c.Status().LastError != "" })
 	st := c.Status()
 	data, _ := json.Marshal(st)
 	if st.Up || !strings.Contains(st.LastError, "WRONGPASS") || strings.Contains(string(data), wrong) || strings.Contains(logs.String(), wrong) {

@@ -103,7 +103,7 @@ func TestThreeNodesOneOrder(t *testing.T) {
 		n.addr = serveTLS(t, n.m)
 	}
 	for i, n := range nodes {
-		waitFor(t, 30*time.Second, fmt.Sprintf("node %d ready", i), n.m.Ready)
+		testbed.WaitFor(t, 30*time.Second, fmt.Sprintf("node %d ready", i), n.m.Ready)
 	}
 	t.Logf("all three nodes ready %v after start", time.Since(start).Round(time.Millisecond))
 
@@ -120,7 +120,7 @@ func TestThreeNodesOneOrder(t *testing.T) {
 	}
 
 	// Renewal: once, by one node; all three serve the renewed certificate.
-	waitFor(t, 30*time.Second, "all three nodes serving a renewed certificate", func() bool {
+	testbed.WaitFor(t, 30*time.Second, "all three nodes serving a renewed certificate", func() bool {
 		for _, n := range nodes {
 			if leaf(t, n.addr, host).SerialNumber.Cmp(first.SerialNumber) == 0 {
 				return false
@@ -227,15 +227,4 @@ func serveTLS(t *testing.T, m *acme.Manager) string {
 		}
 	}()
 	return ln.Addr().String()
-}
-
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }

@@ -127,17 +127,6 @@ func login(t *testing.T, g *gateway, user string) *session {
 	return nil
 }
 
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func state(g *gateway, server string) string {
 	for _, s := range g.pool.Servers() {
 		if s.Name == server {
@@ -149,7 +138,7 @@ func state(g *gateway, server string) string {
 
 func waitState(t *testing.T, gws []*gateway, server, want string) {
 	t.Helper()
-	waitFor(t, 10*time.Second, server+" "+want+" at every node", func() bool {
+	testbed.WaitFor(t, 10*time.Second, server+" "+want+" at every node", func() bool {
 		for _, g := range gws {
 			if state(g, server) != want {
 				return false
@@ -206,7 +195,7 @@ func TestPoolsShareUserPinning(t *testing.T) {
 		}
 	}
 	other := map[string]string{"imap1": "imap2", "imap2": "imap1"}[home]
-	waitFor(t, 5*time.Second, "three sessions counted in Redis", func() bool {
+	testbed.WaitFor(t, 5*time.Second, "three sessions counted in Redis", func() bool {
 		p := pinned()
 		return p.Server == home && p.Sessions == 3
 	})
@@ -221,7 +210,7 @@ func TestPoolsShareUserPinning(t *testing.T) {
 	if failover.server != other {
 		t.Fatalf("with %s down the login went to %s", home, failover.server)
 	}
-	waitFor(t, 5*time.Second, "the pin to follow the failover", func() bool {
+	testbed.WaitFor(t, 5*time.Second, "the pin to follow the failover", func() bool {
 		p := pinned()
 		return p.Server == other && p.Sessions == 1
 	})
@@ -245,7 +234,7 @@ func TestPoolsShareUserPinning(t *testing.T) {
 	if n := byName[home].LoginCount(user); n != 3 {
 		t.Errorf("%s logged %d logins of %s, want the 3 before it died", home, n, user)
 	}
-	waitFor(t, 5*time.Second, "the three open sessions counted in Redis", func() bool {
+	testbed.WaitFor(t, 5*time.Second, "the three open sessions counted in Redis", func() bool {
 		p := pinned()
 		return p.Server == other && p.Sessions == 3
 	})
@@ -318,7 +307,7 @@ func TestPoolsFailOpen(t *testing.T) {
 		t.Errorf("%d warnings during one outage, want 1", n)
 	}
 	r.Resume()
-	waitFor(t, 10*time.Second, "shared pinning back after SIGCONT", func() bool {
+	testbed.WaitFor(t, 10*time.Second, "shared pinning back after SIGCONT", func() bool {
 		g.pool.Route("alice")
 		return strings.Contains(g.logs.String(), "shared user pinning available again")
 	})

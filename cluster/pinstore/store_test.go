@@ -17,17 +17,6 @@ func newClient(t testing.TB, r *testbed.Redis) redis.UniversalClient {
 	return rc
 }
 
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // TestStoreSemantics: pick-if-absent, counts summed over nodes, the pin
 // holding for the affinity after the last session, a crashed node's counts
 // running out with its lease, Move, and a TTL on every key.
@@ -68,7 +57,7 @@ func TestStoreSemantics(t *testing.T) {
 	if pttl := rc.PTTL(ctx, "gw:pin:alice").Val(); pttl <= 0 || pttl > aff {
 		t.Errorf("key TTL with no session open = %v, want (0, %v]", pttl, aff)
 	}
-	waitFor(t, 5*time.Second, "the affinity to end", func() bool {
+	testbed.WaitFor(t, 5*time.Second, "the affinity to end", func() bool {
 		p, err := n2.Pick(ctx, "alice", "imap2", time.Minute)
 		return err == nil && p.Fresh && p.Server == "imap2"
 	})
@@ -84,7 +73,7 @@ func TestStoreSemantics(t *testing.T) {
 	if pin, _ = n1.Pick(ctx, "bob", "imap1", time.Minute); pin.Server != "imap2" || pin.Sessions != 2 {
 		t.Errorf("with the node alive: %+v", pin)
 	}
-	waitFor(t, 5*time.Second, "the dead node's sessions to run out", func() bool {
+	testbed.WaitFor(t, 5*time.Second, "the dead node's sessions to run out", func() bool {
 		p, _ := n1.Pick(ctx, "bob", "", 0)
 		return p.Sessions == 0
 	})
@@ -94,7 +83,7 @@ func TestStoreSemantics(t *testing.T) {
 	if pin, _ = n1.Pick(ctx, "bob", "", 0); pin.Server != "imap2" {
 		t.Errorf("right after the lease ran out the pin is %+v; want imap2 for the affinity", pin)
 	}
-	waitFor(t, 5*time.Second, "bob's key to expire on its own", func() bool {
+	testbed.WaitFor(t, 5*time.Second, "bob's key to expire on its own", func() bool {
 		return rc.Exists(ctx, "gw:pin:bob").Val() == 0
 	})
 

@@ -170,7 +170,7 @@ token_file = %q
 			t.Fatalf("the HTTP-01 listener still refuses 10 s after the flood: %v", err)
 		}
 	}
-	waitFor(t, 5*time.Second, fmt.Sprintf("imapgw's descriptors back to about %d as before the flood", before),
+	testbed.WaitFor(t, 5*time.Second, fmt.Sprintf("imapgw's descriptors back to about %d as before the flood", before),
 		func() bool { return gw.fds(t) <= before+2 })
 }
 
@@ -275,8 +275,8 @@ address = %q
 		fl.dial("127.0.0.1") // allow-listed: no per-source limit
 	}
 	const failed = "too many open files"
-	waitFor(t, 10*time.Second, "a failed accept with EMFILE", func() bool { return strings.Contains(gw.logs.String(), failed) })
-	waitFor(t, 5*time.Second, "the accept backoff at its 1 s ceiling", func() bool { return strings.Contains(gw.logs.String(), "retry_in=1s") })
+	testbed.WaitFor(t, 10*time.Second, "a failed accept with EMFILE", func() bool { return strings.Contains(gw.logs.String(), failed) })
+	testbed.WaitFor(t, 5*time.Second, "the accept backoff at its 1 s ceiling", func() bool { return strings.Contains(gw.logs.String(), "retry_in=1s") })
 	n0 := strings.Count(gw.logs.String(), failed)
 	time.Sleep(3 * time.Second) // the observation window: a spinning loop logs thousands of lines in it
 	n := strings.Count(gw.logs.String(), failed) - n0
@@ -298,14 +298,4 @@ address = %q
 		t.Fatalf("no login 8 s after the descriptors were freed")
 	}
 	gw.running(t)
-}
-
-// waitFor polls cond every 20 ms until it holds or d passes.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(d); !cond(); time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-	}
 }

@@ -107,18 +107,6 @@ func sameSerial(t *testing.T, nodes []*process, host string, roots *x509.CertPoo
 	return serial
 }
 
-// waitUntil polls cond for up to d, failing the test with what otherwise.
-func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // logCount counts the lines with msg across the nodes' logs, and says
 // which nodes logged them.
 func logCount(nodes []*process, msg string) (int, []int) {
@@ -168,11 +156,24 @@ http_challenge_address = "127.0.0.1:%d"
 `, peb.DirectoryURL, peb.CAFile, port)
 		nodes = append(nodes, fleetNode(t, r, "n"+strconv.Itoa(i), host, certs,
 			fmt.Sprintf("servers = [%q]", dead), asMainACMELifetime+"="+lifetime.String()))
+		if i == 0 {
+			// Pebble validates on node 0's port only: a node that ordered
+			// before node 0 listened would see its challenge refused and
+			// order again (seen twice in seven runs). The others start
+			// the moment it listens, while node 0 is still ordering.
+			testbed.WaitFor(t, 30*time.Second, "node 0's HTTP-01 listener", func() bool {
+				c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+				if err == nil {
+					c.Close()
+				}
+				return err == nil
+			})
+		}
 	}
 	for i, p := range nodes {
 		p.imaps = p.logValue(t, `msg=listening address=(\S+)`)
 		p.admin = p.logValue(t, `msg="admin endpoint listening" .*?address=(\S+)`)
-		waitUntil(t, 30*time.Second, fmt.Sprintf("node %d's /readyz to answer 200 (a certificate)", i), func() bool {
+		testbed.WaitFor(t, 30*time.Second, fmt.Sprintf("node %d's /readyz to answer 200 (a certificate)", i), func() bool {
 			if p.exited() {
 				t.Fatalf("node %d exited: %v", i, p.err)
 			}
@@ -195,7 +196,7 @@ http_challenge_address = "127.0.0.1:%d"
 		first, ready.Round(time.Millisecond), orders, who)
 
 	// The renewal: once, and every node serves the renewed certificate.
-	waitUntil(t, 40*time.Second, "all three nodes serving a renewed certificate", func() bool {
+	testbed.WaitFor(t, 40*time.Second, "all three nodes serving a renewed certificate", func() bool {
 		for _, p := range nodes {
 			if servedCert(t, p.imaps, host, roots).SerialNumber.Cmp(first) == 0 {
 				return false
@@ -313,7 +314,7 @@ address = %q
 			t.Fatalf("login of %s: %v", user, err)
 		}
 		delta := map[string]int{}
-		waitUntil(t, 10*time.Second, "the Dovecots to log every login", func() bool {
+		testbed.WaitFor(t, 10*time.Second, "the Dovecots to log every login", func() bool {
 			total := 0
 			for name, c := range nodes["a"].logins(user) {
 				delta[name] = c - before[name]
@@ -340,7 +341,7 @@ address = %q
 	first, delta := open(2, names...)
 	home := together("concurrent sessions through a, b and c", delta, 6)
 	away := other(home)
-	waitUntil(t, 5*time.Second, "Redis to count the six sessions on "+home, func() bool {
+	testbed.WaitFor(t, 5*time.Second, "Redis to count the six sessions on "+home, func() bool {
 		p := pinned()
 		return p.Server == home && p.Sessions == 6
 	})
@@ -366,7 +367,7 @@ address = %q
 	if delta[away] != 4 {
 		t.Fatalf("with %s dead the logins went %v", home, delta)
 	}
-	waitUntil(t, 5*time.Second, "Redis to pin the user to "+away+" with four sessions", func() bool {
+	testbed.WaitFor(t, 5*time.Second, "Redis to pin the user to "+away+" with four sessions", func() bool {
 		p := pinned()
 		return p.Server == away && p.Sessions == 4
 	})
@@ -384,7 +385,7 @@ address = %q
 	if delta[away] != 3 {
 		t.Errorf("after %s returned, the user's new sessions went %v, want all on %s beside the open ones", home, delta, away)
 	}
-	waitUntil(t, 5*time.Second, "Redis to count seven sessions on "+away, func() bool {
+	testbed.WaitFor(t, 5*time.Second, "Redis to count seven sessions on "+away, func() bool {
 		p := pinned()
 		return p.Server == away && p.Sessions == 7
 	})
