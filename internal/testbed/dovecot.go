@@ -117,7 +117,7 @@ type Dovecot struct {
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
-	exited chan struct{} // closed when cmd has been waited for
+	exited <-chan struct{} // closed when cmd has been waited for
 }
 
 // StartDovecot starts Dovecot and returns once all its listeners greet with "* OK".
@@ -351,15 +351,10 @@ func (d *Dovecot) launch(t testing.TB) error {
 	defer out.Close()
 	cmd := exec.Command(d.bin, "-F", "-c", filepath.Join(d.Dir, "dovecot.conf"))
 	cmd.Stdout, cmd.Stderr = out, out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("running %s: %w", d.bin, err)
+	exited, err := startGroup(cmd)
+	if err != nil {
+		return err
 	}
-	exited := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		close(exited)
-	}()
 	d.mu.Lock()
 	d.cmd, d.exited = cmd, exited
 	d.mu.Unlock()
@@ -368,6 +363,22 @@ func (d *Dovecot) launch(t testing.TB) error {
 		return err
 	}
 	return nil
+}
+
+// startGroup starts cmd in a process group of its own, so that a signal to
+// the group reaches the children it forks too, and returns a channel closed
+// when it exits.
+func startGroup(cmd *exec.Cmd) (<-chan struct{}, error) {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("running %s: %w", cmd.Path, err)
+	}
+	exited := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(exited)
+	}()
+	return exited, nil
 }
 
 // cleanRunDir empties base_dir between runs: a stale socket left by a killed

@@ -41,7 +41,7 @@ type Redis struct {
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
-	exited chan struct{}
+	exited <-chan struct{}
 }
 
 // StartRedis runs redis-server for the test and waits until it answers PING.
@@ -119,15 +119,10 @@ func (r *Redis) start(t testing.TB) {
 
 func (r *Redis) launch() error {
 	cmd := exec.Command(r.bin, filepath.Join(r.Dir, "redis.conf"))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("running %s: %w", r.bin, err)
+	exited, err := startGroup(cmd)
+	if err != nil {
+		return err
 	}
-	exited := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		close(exited)
-	}()
 	r.mu.Lock()
 	r.cmd, r.exited = cmd, exited
 	r.mu.Unlock()
