@@ -132,8 +132,15 @@ func logCount(nodes []*process, msg string) (int, []int) {
 // in-memory shortcut as certmagic has within one process).
 func TestClusterACMEProcesses(t *testing.T) {
 	r := testbed.StartRedis(t, testbed.RedisOptions{})
-	ports := []int{pebbletest.FreePort(t), pebbletest.FreePort(t), pebbletest.FreePort(t)}
-	peb := pebbletest.Start(t, pebbletest.Options{HTTPPort: ports[0]})
+	// Node 0's HTTP-01 port is held while Pebble starts and the others are
+	// picked after: a port picked free and let go before Pebble started was
+	// once taken by pebble-challtestsrv, and node 0 could not bind it.
+	hold, err := net.Listen("tcp", "127.0.0.1:0")
+	must(t, err)
+	port0 := hold.Addr().(*net.TCPAddr).Port
+	peb := pebbletest.Start(t, pebbletest.Options{HTTPPort: port0})
+	hold.Close()
+	ports := []int{port0, pebbletest.FreePort(t), pebbletest.FreePort(t)}
 	host := fmt.Sprintf("mail.fleet-%d.imapgw.test", time.Now().UnixNano()%1000000)
 	// No IMAP login here: the backend is an address nothing listens on.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
