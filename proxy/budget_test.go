@@ -258,13 +258,43 @@ type holdingRelay struct {
 
 func startHoldingRelay(t *testing.T, backend, marker string) *holdingRelay {
 	t.Helper()
+	h := &holdingRelay{held: make(chan struct{}), release: make(chan struct{})}
+	var once sync.Once
+	h.addr = startTestRelay(t, backend, func(in, out net.Conn) {
+		go func() { io.Copy(in, out); in.Close() }()
+		go func() {
+			buf := make([]byte, 64<<10)
+			for {
+				n, err := in.Read(buf)
+				if n > 0 && strings.Contains(string(buf[:n]), marker) {
+					once.Do(func() { close(h.held) })
+					<-h.release
+				}
+				if n > 0 {
+					if _, err := out.Write(buf[:n]); err != nil {
+						return
+					}
+				}
+				if err != nil {
+					out.Close()
+					return
+				}
+			}
+		}()
+	})
+	return h
+}
+
+// startTestRelay listens on loopback and, for each connection, dials backend
+// and hands both to serve; both are closed when the test ends. It returns
+// the address to dial.
+func startTestRelay(t *testing.T, backend string, serve func(in, out net.Conn)) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	h := &holdingRelay{addr: ln.Addr().String(), held: make(chan struct{}), release: make(chan struct{})}
-	var once sync.Once
 	go func() {
 		for {
 			in, err := ln.Accept()
@@ -277,27 +307,8 @@ func startHoldingRelay(t *testing.T, backend, marker string) *holdingRelay {
 				continue
 			}
 			t.Cleanup(func() { in.Close(); out.Close() })
-			go func() { io.Copy(in, out); in.Close() }()
-			go func() {
-				buf := make([]byte, 64<<10)
-				for {
-					n, err := in.Read(buf)
-					if n > 0 && strings.Contains(string(buf[:n]), marker) {
-						once.Do(func() { close(h.held) })
-						<-h.release
-					}
-					if n > 0 {
-						if _, err := out.Write(buf[:n]); err != nil {
-							return
-						}
-					}
-					if err != nil {
-						out.Close()
-						return
-					}
-				}
-			}()
+			serve(in, out)
 		}
 	}()
-	return h
+	return ln.Addr().String()
 }

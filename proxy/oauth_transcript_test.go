@@ -23,28 +23,11 @@ type recordingRelay struct {
 
 func startRecordingRelay(t *testing.T, backend string, hideSASLIR bool) *recordingRelay {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	r := &recordingRelay{addr: ln.Addr().String()}
-	go func() {
-		for {
-			in, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			out, err := net.Dial("tcp", backend)
-			if err != nil {
-				in.Close()
-				continue
-			}
-			t.Cleanup(func() { in.Close(); out.Close() })
-			go r.down(in, out, hideSASLIR)
-			go r.up(in, out)
-		}
-	}()
+	r := &recordingRelay{}
+	r.addr = startTestRelay(t, backend, func(in, out net.Conn) {
+		go r.down(in, out, hideSASLIR)
+		go r.up(in, out)
+	})
 	return r
 }
 
