@@ -9,6 +9,7 @@ import (
 	"syscall"
 
 	"github.com/imapgw/imapgw/conf"
+	"github.com/imapgw/imapgw/internal/gcfloor"
 )
 
 // runCmd is the daemon: SIGHUP reloads, SIGTERM and SIGINT drain and stop.
@@ -33,6 +34,9 @@ func runCmd(args []string, stderr io.Writer) int {
 		return 1
 	}
 	defer notify.close()
+	// A small heap would be collected many times a second under a stream of
+	// handshakes (internal/gcfloor); GOGC in the environment still rules.
+	defer gcfloor.Start(gcfloor.DefaultFloor)()
 	done := make(chan struct{})
 	defer close(done)
 	go notify.pingWatchdog(done)
