@@ -84,15 +84,15 @@ func (t *tuner) adjust() {
 	}
 }
 
-// maxPercent bounds the percentage for a nearly empty heap (at start).
-const maxPercent = 10000
+// minLive is the smallest live heap the percentage is computed for: the
+// runtime's own minimum heap (4 MB). Before the first collection the live heap
+// reads 0, and a percentage for a nearly empty heap would let the first cycle
+// grow to hundreds of MB of freshly faulted pages.
+const minLive = 4 << 20
 
 // Percent is the GC percentage that lets a heap of live bytes grow by at
 // least floor before the next collection, and never less than the default.
 func Percent(live, floor uint64) int64 {
-	if live == 0 {
-		return maxPercent
-	}
-	p := int64(floor * 100 / live)
-	return min(max(p, 100), maxPercent)
+	p := int64(floor * 100 / max(live, minLive))
+	return max(p, 100)
 }

@@ -13,13 +13,13 @@ func TestPercent(t *testing.T) {
 		live, floor uint64
 		want        int64
 	}{
-		{0, 64 << 20, maxPercent},
-		{1 << 10, 64 << 20, maxPercent}, // nearly empty: bounded
-		{8 << 20, 64 << 20, 800},        // small heap: may grow by the floor
-		{32 << 20, 64 << 20, 200},       //
-		{64 << 20, 64 << 20, 100},       // at the floor: the default
-		{1 << 30, 64 << 20, 100},        // large heap: never below the default
-		{6 << 20, 64 << 20, 1066},       // rounds down
+		{0, 64 << 20, 1600},       // before the first collection: as for 4 MB
+		{1 << 10, 64 << 20, 1600}, // nearly empty: as for 4 MB
+		{8 << 20, 64 << 20, 800},  // small heap: may grow by the floor
+		{32 << 20, 64 << 20, 200}, // half the floor
+		{64 << 20, 64 << 20, 100}, // at the floor: the default
+		{1 << 30, 64 << 20, 100},  // large heap: never below the default
+		{6 << 20, 64 << 20, 1066}, // rounds down
 	} {
 		if got := Percent(tc.live, tc.floor); got != tc.want {
 			t.Errorf("Percent(%d, %d) = %d, want %d", tc.live, tc.floor, got, tc.want)
