@@ -25,6 +25,10 @@ const (
 	bulkBuffer  = 256 << 10
 )
 
+// errParked ends a relay goroutine whose direction parked: the parker starts
+// a new one when src becomes readable (park_linux.go).
+var errParked = errors.New("relay parked")
+
 // halfCloseGrace is how long the other direction may go on after one side
 // ended cleanly.
 const halfCloseGrace = 5 * time.Second
@@ -79,15 +83,26 @@ type relay struct {
 	count   *atomic.Int64
 	metric  prometheus.Counter
 	left    *atomic.Int32 // directions still running
+	side    string        // who ends the session when this direction ends first: "client" or "backend"
+	finish  func(side string)
 
 	size         int       // the next read's size: relayBuffer, or bulkBuffer after a full read
 	readRefresh  time.Time // when src's read deadline is next moved (plain src only)
 	writeRefresh time.Time // when dst's write deadline is next moved
+
+	// Parking (park_linux.go): a quiet direction gives up its goroutine.
+	parkable bool         // watched by the parker: reads run in readTLS or readPlain
+	active   atomic.Bool  // bytes moved since the parker last looked
+	deadline atomic.Int64 // src's read deadline as the relay set it, in monoNanos; 0: none yet
+	parkTok  uint64       // the epoll token while parked, 0 otherwise (parker.mu)
+	quiet    int          // the parker's sweeps in a row that found the relay quiet (parker.mu)
 }
 
 // startRelay forwards what either side sent ahead, then starts the two copy
-// goroutines. They are fresh goroutines with small stacks: the session's own
-// goroutine, whose stack grew during the TLS handshake, ends here.
+// goroutines. They are fresh goroutines: the session's own goroutine, whose
+// stack grew during the TLS handshake, ends here. An idle session's memory
+// does not depend on these stacks any more: on Linux a direction quiet for a
+// second parks (park_linux.go) and its goroutine ends until src is readable.
 // The pool already knows of the session (loggedIn); relayEnded tells it the end.
 func (s *session) startRelay(bc *backendConn) {
 	ahead := s.rd.BufferedBytes()
@@ -110,6 +125,7 @@ func (s *session) startRelay(bc *backendConn) {
 	up := s.newRelay(s.conn, backend, &s.bytesIn, s.srv.m.toBackend)
 	down := s.newRelay(backend, s.conn, &s.bytesOut, s.srv.m.toClient)
 	up.left, down.left = &left, &left
+	up.side, down.side = "client", "backend"
 	// The direction that ends first names who closed the session (unless the
 	// gateway did, for the pool): "backend" after a LOGOUT (the server closes
 	// first), "client" when the app drops the connection.
@@ -123,8 +139,22 @@ func (s *session) startRelay(bc *backendConn) {
 			s.relayEnded(backend)
 		}
 	}
-	go func() { defer finish("client"); up.clientToBackend() }()
-	go func() { defer finish("backend"); down.backendToClient() }()
+	up.finish, down.finish = finish, finish
+	up.parkable = up.canPark() && watchRelay(up)
+	down.parkable = down.canPark() && watchRelay(down)
+	s.mu.Lock()
+	s.relays = [2]*relay{up, down}
+	s.mu.Unlock()
+	up.start()
+	down.start()
+}
+
+// canPark reports whether the relay's waits all run in readTLS or readPlain,
+// which can park. The others (a TLS backend, read through drainTLS and
+// waitReadable; a STARTTLS client behind a PROXY header with bytes read
+// ahead) keep their goroutine while idle, as before.
+func (r *relay) canPark() bool {
+	return r.direct != nil || (!r.tls && r.raw != nil)
 }
 
 // sendAhead writes bytes read ahead during the login to dst. A failure closes
@@ -184,23 +214,58 @@ func (s *session) relayEnded(backend net.Conn) {
 	s.end()
 }
 
+// start runs the direction on a new goroutine: at the start of the relay,
+// and again when a parked direction's socket becomes readable.
+func (r *relay) start() {
+	if r.side == "client" {
+		go r.clientToBackend()
+	} else {
+		go r.backendToClient()
+	}
+}
+
 // clientToBackend and backendToClient are named so they show in stack dumps.
-func (r *relay) clientToBackend() { r.copy() }
-func (r *relay) backendToClient() { r.copy() }
+func (r *relay) clientToBackend() { r.run() }
+func (r *relay) backendToClient() { r.run() }
+
+// run copies until the direction ends, then counts it as ended; a direction
+// that parked has not ended: the parker starts it again.
+func (r *relay) run() {
+	if r.copy() {
+		return
+	}
+	if r.parkable {
+		unwatchRelay(r)
+	}
+	r.finish(r.side)
+}
 
 // copy moves bytes until src ends. On a clean end it half-closes dst so the
 // other side sees EOF; on an error it closes both, ending the other direction.
-func (r *relay) copy() {
+// It returns true when the direction parked instead (errParked).
+func (r *relay) copy() (parked bool) {
 	defer r.s.srv.recoverPanic(r.s.id)
 	idle := r.s.cfg.Limits.IdleTimeout.Duration
+	if r.expired() {
+		// Resumed after its idle deadline (the parker's sweep, or data that
+		// came too late): the end a read that hit the deadline has.
+		r.closeBoth()
+		return false
+	}
 	for {
 		n, err := r.once(idle)
 		if n > 0 {
 			r.count.Add(int64(n))
 			r.metric.Add(float64(n))
+			if !r.active.Load() {
+				r.active.Store(true)
+			}
 		}
 		if err == nil {
 			continue
+		}
+		if err == errParked {
+			return true
 		}
 		if errors.Is(err, io.EOF) {
 			// Pass the half-close on, and give the other direction a moment to
@@ -210,16 +275,23 @@ func (r *relay) copy() {
 				return // the other direction is over: relayEnded closes both now
 			}
 			closeWrite(r.dst)
-			t := time.AfterFunc(halfCloseGrace, func() { r.src.Close(); r.dst.Close() })
+			t := time.AfterFunc(halfCloseGrace, r.closeBoth)
 			r.s.mu.Lock()
 			r.s.grace = t
 			r.s.mu.Unlock()
-			return
+			return false
 		}
-		r.src.Close()
-		r.dst.Close()
-		return
+		r.closeBoth()
+		return false
 	}
+}
+
+// closeBoth closes both sides, which ends the other direction: a parked one
+// is started again, to find its socket closed.
+func (r *relay) closeBoth() {
+	r.src.Close()
+	r.dst.Close()
+	r.s.wakeRelays()
 }
 
 // once waits until src has data, then reads and writes one buffer's worth.
@@ -258,7 +330,7 @@ func (r *relay) readTLS(idle time.Duration) (int, error) {
 		n    int
 		rerr error
 	)
-	err := r.raw.Read(func(fd uintptr) bool {
+	err := r.wait(func(fd uintptr) bool {
 		bp = getBuf(relayBuffer)
 		r.direct.fd, r.direct.direct = fd, true
 		n, rerr = r.src.Read((*bp)[:relayBuffer])
@@ -273,7 +345,7 @@ func (r *relay) readTLS(idle time.Duration) (int, error) {
 	if bp != nil {
 		defer putBuf(bp)
 	}
-	if err != nil {
+	if err != nil || bp == nil { // bp nil: asked to park, but could not
 		return 0, err
 	}
 	if errors.Is(rerr, os.ErrDeadlineExceeded) {
@@ -282,13 +354,51 @@ func (r *relay) readTLS(idle time.Duration) (int, error) {
 	return r.forward((*bp)[:n], idle, rerr)
 }
 
-// refreshRead moves src's read deadline, at most once per refreshEvery.
+// refreshRead moves src's read deadline, at most once per refreshEvery, and
+// keeps it for the parker, which ends a parked relay at that deadline.
 func (r *relay) refreshRead(idle time.Duration) {
 	if now := time.Now(); !now.Before(r.readRefresh) {
 		every := refreshEvery(idle)
-		r.src.SetReadDeadline(now.Add(idle + every))
+		d := now.Add(idle + every)
+		r.src.SetReadDeadline(d)
+		r.deadline.Store(monoNanos(d))
 		r.readRefresh = now.Add(every)
 	}
+}
+
+// wait runs read in src's readiness loop, as RawConn.Read does. Asked to park
+// (the parker set a read deadline in the past, before the relay's own), it
+// reads once more and, finding nothing, parks: errParked. A nil error with
+// read never true means the relay could not park and waits again (src's
+// deadline is in the past, so the next refreshRead moves it).
+func (r *relay) wait(read func(fd uintptr) bool) error {
+	err := r.raw.Read(read)
+	if err == nil || !r.parkable || !errors.Is(err, os.ErrDeadlineExceeded) || r.expired() {
+		return err
+	}
+	r.readRefresh = time.Time{}
+	// The read under the past deadline returned without reading: records
+	// crypto/tls already holds, or data that came meanwhile, are read now.
+	got := false
+	if err := r.raw.Control(func(fd uintptr) { got = read(fd) }); err != nil || got {
+		return err
+	}
+	return parkRelay(r)
+}
+
+// monoBase makes monoNanos monotonic: a wall clock step moves no deadline.
+var monoBase = time.Now()
+
+func monoNanos(t time.Time) int64 { return int64(t.Sub(monoBase)) }
+
+// deadlineSlack: a deadline this close counts as passed, so that a read
+// that hit the relay's own deadline is not taken for a request to park.
+const deadlineSlack = 10 * time.Millisecond
+
+// expired reports whether src's read deadline, as the relay set it, has passed.
+func (r *relay) expired() bool {
+	d := r.deadline.Load()
+	return d != 0 && monoNanos(time.Now())+int64(deadlineSlack) >= d
 }
 
 // readPlain reads a plain socket (the backend's, mostly) straight into a pooled
@@ -302,7 +412,7 @@ func (r *relay) readPlain(idle time.Duration) (int, error) {
 		rerr error
 	)
 	size := r.size
-	err := r.raw.Read(func(fd uintptr) bool {
+	err := r.wait(func(fd uintptr) bool {
 		bp = getBuf(size)
 		n, rerr = readFD(fd, (*bp)[:size])
 		if rerr == syscall.EAGAIN {
@@ -316,8 +426,10 @@ func (r *relay) readPlain(idle time.Duration) (int, error) {
 		defer putBuf(bp)
 	}
 	switch {
-	case err != nil: // deadline, closed
+	case err != nil: // deadline, closed, parked
 		return 0, err
+	case bp == nil: // asked to park, but could not
+		return 0, nil
 	case rerr != nil:
 		return 0, os.NewSyscallError("read", rerr)
 	case n == 0:

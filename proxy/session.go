@@ -73,6 +73,7 @@ type session struct {
 	closedBy string      // why the gateway closed the relayed session (drain kick, move, kick)
 	endedBy  string      // "client" or "backend": whose side of the relay ended first
 	grace    *time.Timer // closes both sides halfCloseGrace after the first half-close
+	relays   [2]*relay   // the two directions, once relaying: closing wakes them if parked
 
 	poolEnd func() // tells the backend pool the relayed session ended
 }
@@ -187,6 +188,22 @@ func (s *session) closeNow() {
 	s.raw.Close()
 	if peer != nil {
 		peer.Close()
+	}
+	s.wakeRelays()
+}
+
+// wakeRelays starts the parked directions of a session whose sockets were
+// just closed: a parked direction has no goroutine to see the close, and its
+// read must fail for the session to end (park_linux.go). Close first, then
+// wake: a direction parking meanwhile then finds its socket closed.
+func (s *session) wakeRelays() {
+	s.mu.Lock()
+	rs := s.relays
+	s.mu.Unlock()
+	for _, r := range rs {
+		if r != nil && r.parkable {
+			wakeRelay(r)
+		}
 	}
 }
 
