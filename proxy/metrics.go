@@ -52,8 +52,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, o := range []string{outcomeOK, outcomeFailed, outcomeRejected, outcomeRefused, outcomeUnavailable, outcomeTimeout} {
 		m.logins.WithLabelValues(o)
 	}
+	// The parker is the process's (park_linux.go): one gateway per process.
+	parked := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "imapgw_relay_parked", Help: "Relay directions parked without a goroutine after a quiet second (Linux): two per idle session.",
+	}, func() float64 { return float64(parkedRelays()) })
 	if reg != nil {
-		reg.MustRegister(m.connections, m.sessions, m.logins, m.relayBytes, m.dial, m.loginSeconds, m.panics)
+		reg.MustRegister(m.connections, m.sessions, m.logins, m.relayBytes, m.dial, m.loginSeconds, m.panics, parked)
 	}
 	return m
 }
