@@ -16,7 +16,6 @@ import (
 
 	"github.com/imapgw/imapgw/conf"
 	"github.com/imapgw/imapgw/proxy"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // waitParked waits until at least want relay directions are parked without
@@ -77,21 +76,6 @@ func exchange(t *testing.T, tc *tls.Conn, be net.Conn, size int) {
 	}
 }
 
-// gauge returns the value of a gauge without labels; -1 when absent.
-func gauge(t *testing.T, reg *prometheus.Registry, family string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == family && len(mf.GetMetric()) == 1 {
-			return mf.GetMetric()[0].GetGauge().GetValue()
-		}
-	}
-	return -1
-}
-
 // countLines counts the gateway's log lines holding msg.
 func countLines(g *gateway, msg string) int {
 	return strings.Count(g.logs.String(), "msg=\""+msg+"\"")
@@ -134,7 +118,7 @@ func TestParkIdleSessions(t *testing.T) {
 	t.Logf("MEASURED: %d sessions parked %v after the last login; goroutines %d before them, %d with them parked",
 		n, time.Since(start).Round(time.Millisecond), base, got)
 
-	if v := gauge(t, g.reg, "imapgw_relay_parked"); v < 2*n {
+	if v := unlabeled(t, g.reg, "imapgw_relay_parked"); v < 2*n {
 		t.Errorf("imapgw_relay_parked = %v with %d sessions parked, want at least %d", v, n, 2*n)
 	}
 
@@ -155,7 +139,7 @@ func TestParkIdleSessions(t *testing.T) {
 		s.be.Close()
 	}
 	waitNoSessions(t, g)
-	if v := gauge(t, g.reg, "imapgw_relay_parked"); v != 0 {
+	if v := unlabeled(t, g.reg, "imapgw_relay_parked"); v != 0 {
 		t.Errorf("imapgw_relay_parked = %v once every session ended, want 0", v)
 	}
 	if ended := countLines(g, "session ended"); ended != n {

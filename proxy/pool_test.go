@@ -954,7 +954,8 @@ func TestPoolNoneUp(t *testing.T) {
 	e.assertNoPasswords(t)
 }
 
-// unlabeled returns the value of a counter without labels.
+// unlabeled returns the value of a counter or gauge without labels; -1 when
+// the family is absent.
 func unlabeled(t *testing.T, reg *prometheus.Registry, family string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
@@ -963,7 +964,11 @@ func unlabeled(t *testing.T, reg *prometheus.Registry, family string) float64 {
 	}
 	for _, mf := range mfs {
 		if mf.GetName() == family && len(mf.GetMetric()) == 1 {
-			return mf.GetMetric()[0].GetCounter().GetValue()
+			m := mf.GetMetric()[0]
+			if g := m.GetGauge(); g != nil {
+				return g.GetValue()
+			}
+			return m.GetCounter().GetValue()
 		}
 	}
 	return -1
