@@ -14,16 +14,57 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// relayBuffer is the size of a relay read, and bulkBuffer that of a read after
-// one that filled its buffer: a session moving bulk data (a big FETCH, an
-// APPEND) reads and writes in large chunks, fewer syscalls per byte, and goes
-// back to small ones after a short read. An idle session holds no buffer at
-// all: one is taken only once its socket has data (see readPlain and
-// waitReadable).
+// relayBuffer is the size of a relay read, bulkBuffer that of a plain read
+// after one that filled its buffer, and jumboBuffer that of one after a full
+// bulk read: a session moving bulk data (a big FETCH) reads and writes in
+// larger and larger chunks, fewer syscalls and fewer wake-ups per byte on
+// both sides of the gateway, and goes back to small ones after a short read.
+// An idle session holds no buffer at all: one is taken only once its socket
+// has data (see readPlain and waitReadable).
+//
+// A jumbo chunk holds two buffers of about 1 MB (the bytes read and the TLS
+// records they become), so at most jumboMax are in flight in the process;
+// a direction that finds none free goes on in bulk chunks. Measured on the
+// bench's 16 MB FETCH through 2 sessions (bench/doc.go): 1 MB chunks instead
+// of 256 KB ones moved 13% more per second with 17% less gateway CPU per MB
+// (8 alternated runs, all 8 better); 2 MB chunks did no better than 1 MB.
 const (
 	relayBuffer = 32 << 10
 	bulkBuffer  = 256 << 10
+	jumboBuffer = 1 << 20
+	jumboMax    = 16 // about 33 MB of buffers at most
 )
+
+// jumbos counts the jumbo chunks in flight (readPlain), jumboTaken all ever
+// taken (for the tests). A chunk is in flight until its records are written:
+// a client that stops reading holds one until idle_timeout ends its session,
+// and the others then move bulk chunks, as before jumbo chunks existed.
+var (
+	jumbos     atomic.Int32
+	jumboTaken atomic.Int64
+)
+
+// takeJumbo reserves one of the jumboMax jumbo chunks.
+func takeJumbo() bool {
+	if jumbos.Add(1) > jumboMax {
+		jumbos.Add(-1)
+		return false
+	}
+	jumboTaken.Add(1)
+	return true
+}
+
+func releaseJumbo() { jumbos.Add(-1) }
+
+// nextSize is the size of the read after one that filled a buffer of size.
+func nextSize(size int) int {
+	switch size {
+	case relayBuffer:
+		return bulkBuffer
+	default:
+		return jumboBuffer
+	}
+}
 
 // errParked ends a relay goroutine whose direction parked: the parker starts
 // a new one when src becomes readable (park_linux.go).
@@ -38,8 +79,10 @@ const halfCloseGrace = 5 * time.Second
 var (
 	smallCap  = relayBuffer + recordSlack(relayBuffer)
 	bulkCap   = bulkBuffer + recordSlack(bulkBuffer)
+	jumboCap  = jumboBuffer + recordSlack(jumboBuffer)
 	smallPool = sync.Pool{New: func() any { b := make([]byte, 0, smallCap); return &b }}
 	bulkPool  = sync.Pool{New: func() any { b := make([]byte, 0, bulkCap); return &b }}
+	jumboPool = sync.Pool{New: func() any { b := make([]byte, 0, jumboCap); return &b }}
 )
 
 // getBuf returns an empty pooled buffer of at least size bytes' capacity.
@@ -49,6 +92,8 @@ func getBuf(size int) *[]byte {
 		return smallPool.Get().(*[]byte)
 	case size <= bulkCap:
 		return bulkPool.Get().(*[]byte)
+	case size <= jumboCap:
+		return jumboPool.Get().(*[]byte)
 	}
 	b := make([]byte, 0, size)
 	return &b
@@ -62,6 +107,8 @@ func putBuf(bp *[]byte) {
 		smallPool.Put(bp)
 	case bulkCap:
 		bulkPool.Put(bp)
+	case jumboCap:
+		jumboPool.Put(bp)
 	}
 }
 
@@ -86,7 +133,7 @@ type relay struct {
 	side    string        // who ends the session when this direction ends first: "client" or "backend"
 	finish  func(side string)
 
-	size         int       // the next read's size: relayBuffer, or bulkBuffer after a full read
+	size         int       // the next read's size: relayBuffer, bulkBuffer or jumboBuffer (readPlain)
 	readRefresh  time.Time // when src's read deadline is next moved (plain src only)
 	writeRefresh time.Time // when dst's write deadline is next moved
 
@@ -412,6 +459,13 @@ func (r *relay) readPlain(idle time.Duration) (int, error) {
 		rerr error
 	)
 	size := r.size
+	if size == jumboBuffer {
+		if takeJumbo() {
+			defer releaseJumbo() // after forward: its TLS records are the second buffer
+		} else {
+			size = bulkBuffer
+		}
+	}
 	err := r.wait(func(fd uintptr) bool {
 		bp = getBuf(size)
 		n, rerr = readFD(fd, (*bp)[:size])
@@ -436,7 +490,7 @@ func (r *relay) readPlain(idle time.Duration) (int, error) {
 		return 0, io.EOF
 	}
 	if n == size {
-		r.size = bulkBuffer
+		r.size = nextSize(size)
 	} else {
 		r.size = relayBuffer
 	}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/imapgw/imapgw/conf"
+	"github.com/imapgw/imapgw/proxy"
 )
 
 // scriptedBackend is an IMAP server that logs anyone in and then hands the
@@ -341,5 +342,60 @@ func TestRelayPingPong(t *testing.T) {
 		if got, err := cr.ReadString('\n'); err != nil || got != reply {
 			t.Fatalf("exchange %d: client got %q, %v", i, got, err)
 		}
+	}
+}
+
+// TestRelayJumboChunks: a FETCH-sized download grows the gateway's reads to
+// jumbo chunks (1 MB read, its records written in one go) and arrives intact;
+// a client that stops reading holds a chunk in a blocked write, and closing it
+// gives the chunk back, as every session's end does.
+func TestRelayJumboChunks(t *testing.T) {
+	b := startScripted(t)
+	g := startGateway(t, b.ln.Addr().String(), nil)
+	tc, _, be := relayed(t, g, b)
+	before := proxy.JumboChunks()
+	const size = 32 << 20
+	type result struct {
+		sum [32]byte
+		err error
+	}
+	got := make(chan result, 1)
+	go func() {
+		br := bufio.NewReaderSize(tc, 64<<10) // as the bench's client reads
+		sum, n, err := drain(io.LimitReader(br, size))
+		if err == nil && n != size {
+			err = fmt.Errorf("%d of %d bytes", n, size)
+		}
+		got <- result{sum, err}
+	}()
+	sent, err := pump(be, size, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-got:
+		if r.err != nil || r.sum != sent {
+			t.Fatalf("client: %v; hash matches: %v", r.err, r.sum == sent)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the client did not get the download")
+	}
+	if n := proxy.JumboChunks() - before; n == 0 {
+		t.Error("32 MB went through in 1 MB writes without one jumbo chunk")
+	} else {
+		t.Logf("%d jumbo chunks for 32 MB", n)
+	}
+
+	// Now the client reads nothing: the backend fills the sockets until the
+	// gateway's write of a jumbo chunk blocks.
+	be.SetWriteDeadline(time.Now().Add(3 * time.Second))
+	pump(be, 1<<30, 1<<20)
+	if n := proxy.JumbosInFlight(); n == 0 {
+		t.Error("no jumbo chunk in flight while the gateway's write to the client is blocked")
+	}
+	tc.Close()
+	waitNoSessions(t, g)
+	if n := proxy.JumbosInFlight(); n != 0 {
+		t.Errorf("%d jumbo chunks still taken after the session ended", n)
 	}
 }
