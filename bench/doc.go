@@ -122,7 +122,10 @@ const profileNote = `- Profile of imapgw's relay (2 sessions, 16 MB FETCH) befor
   when data is there (256 KB after a full read), deadlines moved once a second:
   syscalls 45% (writes 29%, reads 15%), AES-GCM 40%, copying the records 7%. Proxy CPU
   per MB in alternating runs: 2195 and 2469 µs before, 1367 and 1443 µs after
-  (HAProxy 1514 and 1916 µs in the same runs).
+  (HAProxy 1514 and 1916 µs in the same runs). Then 1 MB chunks after a full 256 KB
+  read (at most 16 in flight in the process): at 2 sessions, 10 alternated runs of
+  imapgw alone, 11% more MB/s and 16% less CPU per MB than with 256 KB chunks, every
+  run better; fewer reads, writes and wake-ups per MB on both sides of the gateway.
 - Profile of a login cycle (8 clients) before: TLS handshake 31% (X25519 12%, ECDSA
   P-256 signature 6.5%), login to the backend 19% (of which the TCP dial 15%), relaying
   LOGOUT and closing 25%, goroutine stack growth during the handshake 5%, the two info
