@@ -19,7 +19,9 @@ func report(opt options, r *results, m machine, took time.Duration) string {
 	b.WriteString(setup(opt, r, took))
 	b.WriteString("\n## Results\n\n")
 	fmt.Fprintf(&b, "Medians of %d round(s); ratios are imapgw over the other proxy in the same run\n", opt.rounds)
-	b.WriteString("(above 1 is better for imapgw on rates, below 1 on latency, CPU and memory).\n\n")
+	b.WriteString("(above 1 is better for imapgw on rates, below 1 on latency, CPU and memory).\n")
+	b.WriteString("A target is met when the ratio within a round meets it in at least 2 of 3 rounds;\n")
+	b.WriteString("the rounds' own ratios follow the verdict.\n\n")
 	b.WriteString(comparisonTable(r))
 	if h := hybridTable(r); h != "" {
 		b.WriteString("\n## The X25519MLKEM768 handshake\n\n")

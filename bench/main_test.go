@@ -65,22 +65,46 @@ func TestTargetCell(t *testing.T) {
 	rate := row{target: 1.1}
 	mem := row{target: 1.0, lowerBetter: true}
 	tests := []struct {
-		w    row
-		got  float64
-		ok   bool
-		want string
+		w      row
+		got    float64
+		ok     bool
+		rounds []float64
+		want   string
 	}{
-		{rate, 1.2, true, "≥ 1.1×: met"},
-		{rate, 1.05, true, "≥ 1.1×: **missed**"},
-		{rate, 0, false, "≥ 1.1×: not measured"},
-		{mem, 0.9, true, "< 1.0×: met"},
-		{mem, 1.0, true, "< 1.0×: **missed**"},
-		{row{}, 3, true, ""},
+		{rate, 1.2, true, nil, "≥ 1.1×: met"},
+		{rate, 1.05, true, nil, "≥ 1.1×: **missed**"},
+		{rate, 0, false, nil, "≥ 1.1×: not measured"},
+		{mem, 0.9, true, nil, "< 1.0×: met"},
+		{mem, 1.0, true, nil, "< 1.0×: **missed**"},
+		{row{}, 3, true, nil, ""},
+		// Two rounds of three decide, whatever the medians' ratio says.
+		{rate, 0.87, true, []float64{1.103, 0.81, 1.26}, "≥ 1.1×: met in 2 of 3 rounds (1.10, 0.81, 1.26)"},
+		{rate, 1.15, true, []float64{1.15, 1.09, 1.05}, "≥ 1.1×: **missed** in 1 of 3 rounds (1.15, 1.09, 1.05)"},
+		{mem, 0.9, true, []float64{0.9, 0.95, 1.2}, "< 1.0×: met in 2 of 3 rounds (0.90, 0.95, 1.20)"},
+		{rate, 1.2, true, []float64{1.2}, "≥ 1.1×: met in 1 of 1 rounds (1.20)"},
 	}
 	for _, tt := range tests {
-		if got := targetCell(tt.w, tt.got, tt.ok); got != tt.want {
-			t.Errorf("targetCell(%+v, %v, %v) = %q, want %q", tt.w, tt.got, tt.ok, got, tt.want)
+		if got := targetCell(tt.w, tt.got, tt.ok, tt.rounds); got != tt.want {
+			t.Errorf("targetCell(%+v, %v, %v, %v) = %q, want %q", tt.w, tt.got, tt.ok, tt.rounds, got, tt.want)
 		}
+	}
+}
+
+func TestRoundRatios(t *testing.T) {
+	r := newResults()
+	for _, v := range []float64{110, 90, 130} {
+		r.add(nameImapgw, "login2", v)
+	}
+	for _, v := range []float64{100, 100, 100} {
+		r.add(nameHAProxy, "login2", v)
+	}
+	r.add(nameImapgw, "relay2", 5) // HAProxy missed the round: nothing to pair
+	got := roundRatios(r, "login2")
+	if len(got) != 3 || got[0] != 1.1 || got[1] != 0.9 || got[2] != 1.3 {
+		t.Errorf("roundRatios(login2) = %v, want [1.1 0.9 1.3]", got)
+	}
+	if got := roundRatios(r, "relay2"); got != nil {
+		t.Errorf("roundRatios(relay2) = %v, want nil", got)
 	}
 }
 
