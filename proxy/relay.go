@@ -458,24 +458,36 @@ func (r *relay) readPlain(idle time.Duration) (int, error) {
 		n    int
 		rerr error
 	)
-	size := r.size
-	if size == jumboBuffer {
-		if takeJumbo() {
-			defer releaseJumbo() // after forward: its TLS records are the second buffer
-		} else {
-			size = bulkBuffer
-		}
-	}
+	// A jumbo chunk is taken only once the socket has data, and kept until
+	// forward has written its records (the second buffer): a direction
+	// waiting for its backend holds none.
+	var (
+		size  int
+		jumbo bool
+	)
 	err := r.wait(func(fd uintptr) bool {
+		size = r.size
+		if size == jumboBuffer {
+			if jumbo = takeJumbo(); !jumbo {
+				size = bulkBuffer
+			}
+		}
 		bp = getBuf(size)
 		n, rerr = readFD(fd, (*bp)[:size])
 		if rerr == syscall.EAGAIN {
 			putBuf(bp) // park without it
 			bp = nil
+			if jumbo {
+				releaseJumbo()
+				jumbo = false
+			}
 			return false
 		}
 		return true
 	})
+	if jumbo {
+		defer releaseJumbo()
+	}
 	if bp != nil {
 		defer putBuf(bp)
 	}

@@ -347,8 +347,9 @@ func TestRelayPingPong(t *testing.T) {
 
 // TestRelayJumboChunks: a FETCH-sized download grows the gateway's reads to
 // jumbo chunks (1 MB read, its records written in one go) and arrives intact;
-// a client that stops reading holds a chunk in a blocked write, and closing it
-// gives the chunk back, as every session's end does.
+// a relay waiting for data holds none; a client that stops reading holds one
+// in a blocked write, and closing it gives the chunk back, as every session's
+// end does.
 func TestRelayJumboChunks(t *testing.T) {
 	b := startScripted(t)
 	g := startGateway(t, b.ln.Addr().String(), nil)
@@ -384,6 +385,15 @@ func TestRelayJumboChunks(t *testing.T) {
 		t.Error("32 MB went through in 1 MB writes without one jumbo chunk")
 	} else {
 		t.Logf("%d jumbo chunks for 32 MB", n)
+	}
+	// All delivered: the direction waits for its backend, holding no chunk
+	// (well before it would park, which also gives one back).
+	deadline := time.Now().Add(800 * time.Millisecond)
+	for proxy.JumbosInFlight() != 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := proxy.JumbosInFlight(); n != 0 {
+		t.Errorf("%d jumbo chunks taken while the relay waits for data", n)
 	}
 
 	// Now the client reads nothing: the backend fills the sockets until the
