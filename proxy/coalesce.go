@@ -29,6 +29,7 @@ type coalesceConn struct {
 	mu    sync.Mutex
 	idle  *sync.Cond // signalled when busy clears
 	buf   *[]byte    // gathering while non-nil
+	lent  bool       // buf belongs to the relay (gatherInto), not to the pool
 	queue []byte     // records written during another write, sent after it
 	busy  bool       // a write syscall is in flight
 	err   error
@@ -116,7 +117,17 @@ func (c *coalesceConn) send(b []byte) error {
 // gather collects the following writes, for about size bytes of records.
 func (c *coalesceConn) gather(size int) {
 	c.mu.Lock()
-	c.buf = getBuf(size)
+	c.buf, c.lent = getBuf(size), false
+	c.mu.Unlock()
+}
+
+// gatherInto is gather into the caller's buffer, which flush leaves to it
+// (emptied) instead of giving it to the pool: the relay keeps its jumbo
+// buffers from one chunk to the next.
+func (c *coalesceConn) gatherInto(bp *[]byte) {
+	c.mu.Lock()
+	*bp = (*bp)[:0]
+	c.buf, c.lent = bp, true
 	c.mu.Unlock()
 }
 
@@ -124,13 +135,15 @@ func (c *coalesceConn) gather(size int) {
 // for a write in flight from another goroutine, whose records came first.
 func (c *coalesceConn) flush() error {
 	c.mu.Lock()
-	bp := c.buf
-	c.buf = nil
+	bp, lent := c.buf, c.lent
+	c.buf, c.lent = nil, false
 	if bp == nil {
 		c.mu.Unlock()
 		return c.err
 	}
-	defer putBuf(bp)
+	if !lent {
+		defer putBuf(bp)
+	}
 	for c.busy && c.err == nil {
 		if c.idle == nil {
 			c.idle = sync.NewCond(&c.mu)

@@ -297,7 +297,11 @@ func TestClientNeverReads(t *testing.T) {
 
 // TestHugePipelineBoundedMemory: a 50 MB APPEND written without waiting for
 // any reply, and a 50 MB FETCH answer, cross the relay with the gateway's heap
-// growing by a small fraction of that, and arrive whole.
+// growing by a small fraction of that, and arrive whole. The FETCH moves in
+// jumbo chunks, whose two 1 MB buffers the session holds while it moves them
+// (relay.go); with GOGC=100 garbage may grow as much again before a collection.
+// Measured, with two CPU hogs beside the test (10 runs each): 2.8-3.6 MB with
+// 256 KB chunks, up to 8.3 MB with jumbo chunks.
 func TestHugePipelineBoundedMemory(t *testing.T) {
 	const size = 50 << 20
 	sink := startSink(t)
@@ -333,8 +337,8 @@ func TestHugePipelineBoundedMemory(t *testing.T) {
 	c.expect("c OK")
 	grew := peak() - base
 	t.Logf("relayed %d MB each way; gateway heap in use grew by at most %.1f MB", size>>20, float64(grew)/(1<<20))
-	if grew > 8<<20 {
-		t.Errorf("heap in use grew by %d MB while relaying 2×%d MB, want under 8 MB", grew>>20, size>>20)
+	if grew > 12<<20 {
+		t.Errorf("heap in use grew by %d MB while relaying 2×%d MB, want under 12 MB", grew>>20, size>>20)
 	}
 }
 

@@ -35,26 +35,55 @@ const (
 	jumboMax    = 16 // about 33 MB of buffers at most
 )
 
-// jumbos counts the jumbo chunks in flight (readPlain), jumboTaken all ever
-// taken (for the tests). A chunk is in flight until its records are written:
-// a client that stops reading holds one until idle_timeout ends its session,
-// and the others then move bulk chunks, as before jumbo chunks existed.
+// jumbos counts the directions holding a jumbo chunk's two buffers
+// (readPlain), jumboTaken all chunks ever read (for the tests). A direction
+// keeps its buffers from one full jumbo read to the next, and gives them back
+// with its place when a read comes short, when it must wait for data, and when
+// it ends: a direction waiting for its backend holds none; a client that stops
+// reading holds one until idle_timeout ends its session, and the others then
+// move bulk chunks, as before jumbo chunks existed. Keeping them, rather than
+// taking both from sync.Pool for each chunk, is what bounds their number: a
+// goroutine that moved to another P found the pooled ones out of reach and
+// allocated more (TestHugePipelineBoundedMemory saw 8 MB of heap for one session).
 var (
 	jumbos     atomic.Int32
 	jumboTaken atomic.Int64
 )
 
-// takeJumbo reserves one of the jumboMax jumbo chunks.
+// takeJumbo reserves one of the jumboMax places.
 func takeJumbo() bool {
 	if jumbos.Add(1) > jumboMax {
 		jumbos.Add(-1)
 		return false
 	}
-	jumboTaken.Add(1)
 	return true
 }
 
 func releaseJumbo() { jumbos.Add(-1) }
+
+// jumboRead returns the direction's jumbo read buffer, taking a place (and
+// the buffers) first if it holds none; nil when all places are taken.
+func (r *relay) jumboRead() *[]byte {
+	if r.jread == nil {
+		if !takeJumbo() {
+			return nil
+		}
+		r.jread, r.jgather = getBuf(jumboBuffer), getBuf(jumboCap)
+	}
+	jumboTaken.Add(1)
+	return r.jread
+}
+
+// dropJumbo gives the direction's jumbo buffers and place back, if it holds them.
+func (r *relay) dropJumbo() {
+	if r.jread == nil {
+		return
+	}
+	putBuf(r.jread)
+	putBuf(r.jgather)
+	r.jread, r.jgather = nil, nil
+	releaseJumbo()
+}
 
 // nextSize is the size of the read after one that filled a buffer of size.
 func nextSize(size int) int {
@@ -134,6 +163,8 @@ type relay struct {
 	finish  func(side string)
 
 	size         int       // the next read's size: relayBuffer, bulkBuffer or jumboBuffer (readPlain)
+	jread        *[]byte   // while reading jumbo chunks: the read buffer (jumboRead)
+	jgather      *[]byte   // and the buffer their TLS records are gathered in
 	readRefresh  time.Time // when src's read deadline is next moved (plain src only)
 	writeRefresh time.Time // when dst's write deadline is next moved
 
@@ -292,6 +323,7 @@ func (r *relay) run() {
 // It returns true when the direction parked instead (errParked).
 func (r *relay) copy() (parked bool) {
 	defer r.s.srv.recoverPanic(r.s.id)
+	defer r.dropJumbo() // a read that failed before looking at the socket keeps them
 	idle := r.s.cfg.Limits.IdleTimeout.Duration
 	if r.expired() {
 		// Resumed after its idle deadline (the parker's sweep, or data that
@@ -458,37 +490,32 @@ func (r *relay) readPlain(idle time.Duration) (int, error) {
 		n    int
 		rerr error
 	)
-	// A jumbo chunk is taken only once the socket has data, and kept until
-	// forward has written its records (the second buffer): a direction
-	// waiting for its backend holds none.
-	var (
-		size  int
-		jumbo bool
-	)
+	// The jumbo buffers are taken only once the socket has data, and given
+	// back when it has none: a direction waiting for its backend holds none.
+	var size int
 	err := r.wait(func(fd uintptr) bool {
 		size = r.size
+		bp = nil
 		if size == jumboBuffer {
-			if jumbo = takeJumbo(); !jumbo {
+			if bp = r.jumboRead(); bp == nil {
 				size = bulkBuffer
 			}
 		}
-		bp = getBuf(size)
+		if bp == nil {
+			bp = getBuf(size)
+		}
 		n, rerr = readFD(fd, (*bp)[:size])
 		if rerr == syscall.EAGAIN {
-			putBuf(bp) // park without it
-			bp = nil
-			if jumbo {
-				releaseJumbo()
-				jumbo = false
+			if size != jumboBuffer {
+				putBuf(bp) // park without it
 			}
+			bp = nil
+			r.dropJumbo()
 			return false
 		}
 		return true
 	})
-	if jumbo {
-		defer releaseJumbo()
-	}
-	if bp != nil {
+	if bp != nil && size != jumboBuffer {
 		defer putBuf(bp)
 	}
 	switch {
@@ -506,7 +533,11 @@ func (r *relay) readPlain(idle time.Duration) (int, error) {
 	} else {
 		r.size = relayBuffer
 	}
-	return r.forward((*bp)[:n], idle, nil)
+	m, err := r.forward((*bp)[:n], idle, nil)
+	if r.size != jumboBuffer || err != nil {
+		r.dropJumbo()
+	}
+	return m, err
 }
 
 func (r *relay) forward(b []byte, idle time.Duration, rerr error) (int, error) {
@@ -524,7 +555,11 @@ func (r *relay) forward(b []byte, idle time.Duration, rerr error) (int, error) {
 		}
 		return len(b), rerr
 	}
-	r.gather.gather(len(b) + recordSlack(len(b)))
+	if r.jgather != nil && len(b) <= jumboBuffer {
+		r.gather.gatherInto(r.jgather)
+	} else {
+		r.gather.gather(len(b) + recordSlack(len(b)))
+	}
 	_, err := r.dst.Write(b)
 	if ferr := r.gather.flush(); err == nil {
 		err = ferr
