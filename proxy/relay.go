@@ -323,7 +323,14 @@ func (r *relay) run() {
 // It returns true when the direction parked instead (errParked).
 func (r *relay) copy() (parked bool) {
 	defer r.s.srv.recoverPanic(r.s.id)
-	defer r.dropJumbo() // a read that failed before looking at the socket keeps them
+	defer func() {
+		// A read that failed before looking at the socket kept them. A parked
+		// direction gave them back before parking (its last read found
+		// nothing), and may run again on another goroutine already.
+		if !parked {
+			r.dropJumbo()
+		}
+	}()
 	idle := r.s.cfg.Limits.IdleTimeout.Duration
 	if r.expired() {
 		// Resumed after its idle deadline (the parker's sweep, or data that
