@@ -90,6 +90,12 @@ func setup(opt options, r *results, took time.Duration) string {
 	b.WriteString("- The relay sessions' client reads through a 64 KB bufio.Reader.\n")
 	fmt.Fprintf(&b, "- Each timed measurement runs %v, after a %v warm-up. Relay throughput counts\n", opt.dur, opt.warmup)
 	b.WriteString("  whole FETCHes of the message over the time until the last one completed (MB = 10^6 bytes).\n")
+	if opt.slices > 1 {
+		fmt.Fprintf(&b, "- The login measurements take turns: the proxies alternate in %d slices of %v (who\n", opt.slices, opt.dur/time.Duration(opt.slices))
+		b.WriteString("  goes first rotates), and each one's rate is its cycles over its slices' time. Rates\n")
+		b.WriteString("  here move by 10-20% within seconds with the machine's other load; slices of a second\n")
+		b.WriteString("  see the same machine, so a round's ratio is less noise than runs seconds apart.\n")
+	}
 	fmt.Fprintf(&b, "- Idle memory: the proxy's resident memory (VmRSS summed over all its processes) with\n")
 	fmt.Fprintf(&b, "  %d logged-in sessions in IDLE, %v after the last one opened, minus the same before\n", opt.idle, opt.settle)
 	fmt.Fprintf(&b, "  they opened (read %v after the warm-up, so that memory freed after a burst is freed\n", opt.settle)

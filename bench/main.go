@@ -30,6 +30,7 @@ type options struct {
 	quick   bool
 	rounds  int
 	dur     time.Duration // each timed measurement
+	slices  int           // the login measurements alternate the peers in this many slices of dur/slices
 	warmup  time.Duration
 	settle  time.Duration // pause before reading RSS with the idle sessions open
 	idle    int
@@ -62,6 +63,7 @@ func parseFlags(args []string) (options, error) {
 	fs.BoolVar(&o.quick, "quick", false, "smoke run: one round, short measurements, 500 idle sessions")
 	fs.IntVar(&o.rounds, "rounds", 3, "rounds; the order of the proxies rotates each round (0: none; with -pool=false only the flood runs)")
 	fs.DurationVar(&o.dur, "duration", 5*time.Second, "length of each timed measurement")
+	fs.IntVar(&o.slices, "slices", 5, "each login measurement alternates the proxies in this many slices of -duration/slices")
 	fs.IntVar(&o.idle, "idle", 5000, "sessions held in IDLE for the memory measurement")
 	fs.IntVar(&o.message, "message", 16<<20, "size of the FETCHed message in bytes")
 	fs.StringVar(&o.gwBin, "imapgw", "", "imapgw binary to test (default: build ./cmd/imapgw)")
@@ -79,10 +81,10 @@ func parseFlags(args []string) (options, error) {
 	}
 	o.warmup = time.Second
 	if o.quick {
-		o.rounds, o.dur, o.idle, o.warmup, o.settle = 1, 1500*time.Millisecond, 500, 300*time.Millisecond, time.Second
+		o.rounds, o.dur, o.idle, o.warmup, o.settle, o.slices = 1, 1500*time.Millisecond, 500, 300*time.Millisecond, time.Second, 1
 	}
-	if o.rounds < 0 || o.idle < 1 || o.dur <= 0 {
-		return o, fmt.Errorf("-idle and -duration must be positive, -rounds not negative")
+	if o.rounds < 0 || o.idle < 1 || o.dur <= 0 || o.slices < 1 {
+		return o, fmt.Errorf("-idle, -duration and -slices must be positive, -rounds not negative")
 	}
 	if o.perfDir != "" {
 		if err := os.MkdirAll(o.perfDir, 0o755); err != nil {

@@ -72,9 +72,10 @@ func (b *bench) logf(format string, args ...any) {
 }
 
 // round starts every peer afresh and measures them in the given order, one
-// measurement kind at a time: the peers' runs of one kind are seconds apart, so
-// a change in the machine's other load hits them alike. Idle memory comes first
-// (its "before" is a warmed-up process that has not yet served a big relay).
+// measurement kind at a time: the peers' runs of one kind are seconds apart
+// (the logins' take turns within a second, see logins), so a change in the
+// machine's other load hits them alike. Idle memory comes first (its "before"
+// is a warmed-up process that has not yet served a big relay).
 func (b *bench) round(order []peer, round int) error {
 	for _, p := range order {
 		if err := p.start(); err != nil {
@@ -98,10 +99,8 @@ func (b *bench) round(order []peer, round int) error {
 		}
 	}
 	for _, c := range concurrencies {
-		for _, p := range order {
-			if b.opt.measures("login") {
-				b.logins(p, targets[p], c, round)
-			}
+		if b.opt.measures("login") {
+			b.logins(order, targets, c, round)
 		}
 	}
 	for _, n := range concurrencies {
@@ -130,11 +129,36 @@ func (b *bench) probe(p peer, t *loadgen.Target) error {
 	return nil
 }
 
-func (b *bench) logins(p peer, t *loadgen.Target, clients, round int) {
+// logins measures every peer at one concurrency, taking turns in -slices
+// slices of -duration/slices each (who goes first rotates from slice to
+// slice). The machine's other load moves rates by 10-20 % within seconds here;
+// runs seconds apart made the ratio of one round as much noise as measurement,
+// while slices of a second see the same machine.
+func (b *bench) logins(order []peer, targets map[peer]*loadgen.Target, clients, round int) {
 	key := fmt.Sprintf("login%d", clients)
-	var st loadgen.Stats
-	cpu := b.withCPU(p, fmt.Sprintf("r%d-%s", round, key), func() { st = loadgen.Loop(clients, b.opt.dur, t.LoginCycle) })
-	b.recordLogins(p.name(), key, st, cpu, round)
+	n := max(b.opt.slices, 1)
+	st := make([]loadgen.Stats, len(order))
+	cpu := make([]cpuSpent, len(order))
+	var stops []func()
+	for _, p := range order {
+		stops = append(stops, b.perf(p, fmt.Sprintf("r%d-%s", round, key)))
+	}
+	for i := range n {
+		for j := range order {
+			k := (i + j) % len(order)
+			r0 := readCPU(order[k])
+			s := loadgen.Loop(clients, b.opt.dur/time.Duration(n), targets[order[k]].LoginCycle)
+			cpu[k].add(r0, readCPU(order[k]))
+			st[k].Add(s)
+		}
+	}
+	for _, stop := range stops {
+		stop()
+	}
+	for k, p := range order {
+		b.logCPU(p, key, cpu[k])
+		b.recordLogins(p.name(), key, st[k], cpu[k].proxy, round)
+	}
 }
 
 func (b *bench) recordLogins(name, key string, st loadgen.Stats, cpu time.Duration, round int) {
@@ -156,23 +180,47 @@ func (b *bench) recordLogins(name, key string, st loadgen.Stats, cpu time.Durati
 // own share, which shows when it is the bottleneck.
 func (b *bench) withCPU(p peer, key string, f func()) time.Duration {
 	stopPerf := b.perf(p, key)
-	u0, _ := treeUsage(p.pid())
-	s0, _ := readStat(os.Getpid())
-	m0, _ := machineBusy()
-	t0 := time.Now()
+	var c cpuSpent
+	r0 := readCPU(p)
 	f()
-	wall := time.Since(t0)
-	u1, _ := treeUsage(p.pid())
-	s1, _ := readStat(os.Getpid())
-	m1, _ := machineBusy()
+	c.add(r0, readCPU(p))
 	stopPerf()
-	cores := func(d time.Duration) float64 { return d.Seconds() / wall.Seconds() }
-	proxy, gen := cores(u1.cpu-u0.cpu), cores(s1.cpu-s0.cpu)
-	others := max(0, cores(m1-m0)-proxy-gen)
+	b.logCPU(p, key, c)
+	return c.proxy
+}
+
+// cpuReading is the CPU time used so far by a peer's processes, by this one
+// (the load generator and the backend) and by the whole machine.
+type cpuReading struct {
+	proxy, gen, machine time.Duration
+	at                  time.Time
+}
+
+func readCPU(p peer) cpuReading {
+	u, _ := treeUsage(p.pid())
+	s, _ := readStat(os.Getpid())
+	m, _ := machineBusy()
+	return cpuReading{proxy: u.cpu, gen: s.cpu, machine: m, at: time.Now()}
+}
+
+// cpuSpent adds up the CPU time of one or more intervals.
+type cpuSpent struct{ proxy, gen, machine, wall time.Duration }
+
+func (c *cpuSpent) add(from, to cpuReading) {
+	c.proxy += to.proxy - from.proxy
+	c.gen += to.gen - from.gen
+	c.machine += to.machine - from.machine
+	c.wall += to.at.Sub(from.at)
+}
+
+// logCPU logs the cores each side used and records the other processes' share.
+func (b *bench) logCPU(p peer, key string, c cpuSpent) {
+	cores := func(d time.Duration) float64 { return d.Seconds() / c.wall.Seconds() }
+	proxy, gen := cores(c.proxy), cores(c.gen)
+	others := max(0, cores(c.machine)-proxy-gen)
 	b.res.add("machine", "others", others)
 	b.logf("%-8s %-20s CPU over %v: proxy %.2f cores, load generator and backend %.2f, other processes %.2f",
-		p.name(), key, wall.Round(time.Millisecond), proxy, gen, others)
-	return u1.cpu - u0.cpu
+		p.name(), key, c.wall.Round(time.Millisecond), proxy, gen, others)
 }
 
 // perf starts `perf record` on imapgw when -perf is set; the returned func

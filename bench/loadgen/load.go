@@ -106,6 +106,14 @@ func Loop(concurrency int, d time.Duration, op func() error) Stats {
 	return all
 }
 
+// Add folds the stats of a later loop over the same target into s: operations,
+// errors, time and latencies add up, and the latencies stay sorted.
+func (s *Stats) Add(o Stats) {
+	s.merge(o)
+	s.Elapsed += o.Elapsed
+	slices.Sort(s.Latency)
+}
+
 func (s *Stats) merge(o Stats) {
 	s.Ops += o.Ops
 	s.Errors += o.Errors

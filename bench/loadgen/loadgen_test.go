@@ -12,6 +12,7 @@ import (
 	"math/big"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -282,6 +283,25 @@ func TestPercentile(t *testing.T) {
 		if got := (Stats{Latency: tt.lat}).Percentile(tt.q); got != tt.want {
 			t.Errorf("Percentile(%v) over %d samples = %v, want %v", tt.q, len(tt.lat), got, tt.want)
 		}
+	}
+}
+
+// TestStatsAdd: slices of one measurement add up to the whole: rate over
+// the summed time, percentiles over every latency.
+func TestStatsAdd(t *testing.T) {
+	ms := func(n int) time.Duration { return time.Duration(n) * time.Millisecond }
+	errA, errB := errors.New("a"), errors.New("b")
+	var s Stats
+	s.Add(Stats{Ops: 2, Errors: 1, FirstErr: errA, Elapsed: time.Second, Latency: []time.Duration{ms(3), ms(9)}})
+	s.Add(Stats{Ops: 4, Errors: 1, FirstErr: errB, Elapsed: time.Second, Latency: []time.Duration{ms(1), ms(2), ms(4), ms(5)}})
+	if s.Ops != 6 || s.Errors != 2 || s.FirstErr != errA || s.Elapsed != 2*time.Second {
+		t.Fatalf("Add: %d ops, %d errors (%v), %v", s.Ops, s.Errors, s.FirstErr, s.Elapsed)
+	}
+	if got := s.Rate(); got != 3 {
+		t.Errorf("Rate = %v, want 3", got)
+	}
+	if !slices.IsSorted(s.Latency) || len(s.Latency) != 6 || s.Percentile(1) != ms(9) || s.Percentile(0.5) != ms(3) {
+		t.Errorf("latencies after Add: %v", s.Latency)
 	}
 }
 
