@@ -10,6 +10,7 @@ import (
 
 	"github.com/imapgw/imapgw/conf"
 	"github.com/imapgw/imapgw/internal/gcfloor"
+	"github.com/imapgw/imapgw/internal/timerslack"
 )
 
 // runCmd is the daemon: SIGHUP reloads, SIGTERM and SIGINT drain and stop.
@@ -19,6 +20,9 @@ func runCmd(args []string, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	// First, before anything is opened or started: it executes the program
+	// again when the timer slack is the kernel's default (internal/timerslack).
+	slackErr := timerslack.Raise()
 	cfg, err := conf.Load(*path)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
@@ -47,6 +51,9 @@ func runCmd(args []string, stderr io.Writer) int {
 		logs.Close() // the gateway's own lines first
 		fmt.Fprintln(stderr, "imapgw:", err)
 		return 1
+	}
+	if slackErr != nil {
+		g.log.Info("timer slack left at the kernel's default", "err", slackErr)
 	}
 	g.notify.Store(notify)
 	go g.notifyReady(done)
