@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/imapgw/imapgw/conf"
 )
@@ -129,6 +130,17 @@ func TestTreeUsageOfSelf(t *testing.T) {
 	}
 	if u.rssKB <= 0 {
 		t.Fatalf("treeUsage(self).rssKB = %d, want > 0", u.rssKB)
+	}
+	// Each sleep blocks a thread: a voluntary context switch at least.
+	for range 5 {
+		time.Sleep(time.Millisecond)
+	}
+	after, err := treeUsage(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.ctx <= 0 || after.ctx <= u.ctx {
+		t.Fatalf("treeUsage(self).ctx = %d, then %d after 5 sleeps; want positive and growing", u.ctx, after.ctx)
 	}
 }
 

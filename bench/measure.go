@@ -158,6 +158,9 @@ func (b *bench) logins(order []peer, targets map[peer]*loadgen.Target, clients, 
 	for k, p := range order {
 		b.logCPU(p, key, cpu[k])
 		b.recordLogins(p.name(), key, st[k], cpu[k].proxy, round)
+		if st[k].Ops > 0 {
+			b.res.add(p.name(), key+".ctx", float64(cpu[k].ctx)/float64(st[k].Ops))
+		}
 	}
 }
 
@@ -194,23 +197,28 @@ func (b *bench) withCPU(p peer, key string, f func()) time.Duration {
 type cpuReading struct {
 	proxy, gen, machine time.Duration
 	at                  time.Time
+	ctx                 int64 // the peer's context switches
 }
 
 func readCPU(p peer) cpuReading {
 	u, _ := treeUsage(p.pid())
 	s, _ := readStat(os.Getpid())
 	m, _ := machineBusy()
-	return cpuReading{proxy: u.cpu, gen: s.cpu, machine: m, at: time.Now()}
+	return cpuReading{proxy: u.cpu, gen: s.cpu, machine: m, at: time.Now(), ctx: u.ctx}
 }
 
 // cpuSpent adds up the CPU time of one or more intervals.
-type cpuSpent struct{ proxy, gen, machine, wall time.Duration }
+type cpuSpent struct {
+	proxy, gen, machine, wall time.Duration
+	ctx                       int64
+}
 
 func (c *cpuSpent) add(from, to cpuReading) {
 	c.proxy += to.proxy - from.proxy
 	c.gen += to.gen - from.gen
 	c.machine += to.machine - from.machine
 	c.wall += to.at.Sub(from.at)
+	c.ctx += to.ctx - from.ctx
 }
 
 // logCPU logs the cores each side used and records the other processes' share.

@@ -99,6 +99,7 @@ func (p *proc) tail() string {
 type usage struct {
 	rssKB int64         // resident memory, summed over the processes
 	cpu   time.Duration // user plus system time, summed
+	ctx   int64         // context switches, voluntary or not, of all their threads
 }
 
 // treeUsage sums VmRSS and CPU time over root and all its descendants: nginx's
@@ -120,8 +121,32 @@ func treeUsage(root int) (usage, error) {
 		}
 		u.rssKB += rss
 		u.cpu += st.cpu
+		u.ctx += ctxSwitches(pid)
 	}
 	return u, nil
+}
+
+// ctxSwitches sums the context switches of every thread of pid.
+func ctxSwitches(pid int) int64 {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return 0
+	}
+	var n int64
+	for _, t := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, t.Name()))
+		if err != nil {
+			continue // exited meanwhile
+		}
+		for line := range strings.Lines(string(b)) {
+			name, v, _ := strings.Cut(line, ":")
+			if name == "voluntary_ctxt_switches" || name == "nonvoluntary_ctxt_switches" {
+				c, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				n += c
+			}
+		}
+	}
+	return n
 }
 
 // tree lists root and its descendants from /proc.

@@ -26,7 +26,8 @@ var comparisonRows = func() []row {
 			row{key: k, label: fmt.Sprintf("login cycles/s, %d clients", c), format: "%.0f", target: 1.1},
 			row{key: k + ".p50", label: "  p50 latency, ms", format: "%.2f", lowerBetter: true},
 			row{key: k + ".p99", label: "  p99 latency, ms", format: "%.2f", lowerBetter: true},
-			row{key: k + ".cpu", label: "  proxy CPU per cycle, µs", format: "%.0f", lowerBetter: true})
+			row{key: k + ".cpu", label: "  proxy CPU per cycle, µs", format: "%.0f", lowerBetter: true},
+			row{key: k + ".ctx", label: "  proxy context switches per cycle", format: "%.1f", lowerBetter: true})
 	}
 	for _, n := range concurrencies {
 		k := fmt.Sprintf("relay%d", n)
