@@ -149,6 +149,6 @@ const profileNote = `- Profile of imapgw's relay (2 sessions, 16 MB FETCH) befor
   thread, a context switch every 170 µs), the scheduler's idle path (findRunnable) 16%;
   17-19 context switches per login cycle against HAProxy's 10. After (imapgw runs with a
   4 ms timer slack, internal/timerslack): sysmon 0.7%, 8.7 switches per cycle, CPU per
-  cycle 15-25% lower at every concurrency. HAProxy started under the same 4 ms slack
+  cycle 20-28% lower at 2 clients and 10-16% at 8 and 64. HAProxy started under the same 4 ms slack
   kept its ratio to imapgw (1.06-1.13 in 3 rounds): its event loop has no such thread.
 `
