@@ -10,6 +10,8 @@
 //	go run ./bench -out docs/BENCHMARKS.md   # the full run, about 12 minutes
 //	go run ./bench -quick                    # a smoke run, about a minute
 //	go run ./bench -rounds 0 -pool=false -peers imapgw   # the banned-flood sections only
+//	go run ./bench -measure login -pool=false -cluster=false -flood=false -hybrid=false \
+//		-imapgw /tmp/a -peers imapgw,imapgw=/tmp/b,HAProxy     # two builds side by side
 package main
 
 import (
@@ -38,7 +40,7 @@ type options struct {
 	gwBin   string
 	keep    bool
 	peers   string
-	perfDir string // record imapgw with perf into this directory
+	perfDir string // record each proxy with perf into this directory
 	flood   bool
 	pool    bool
 	cluster bool
@@ -68,14 +70,14 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&o.message, "message", 16<<20, "size of the FETCHed message in bytes")
 	fs.StringVar(&o.gwBin, "imapgw", "", "imapgw binary to test (default: build ./cmd/imapgw)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the scratch directory (configs and logs)")
-	fs.StringVar(&o.peers, "peers", "imapgw,HAProxy,nginx", "proxies to measure, comma-separated")
+	fs.StringVar(&o.peers, "peers", "imapgw,HAProxy,nginx", "proxies to measure, comma-separated; imapgw=PATH adds another imapgw build, logged as imapgw:BASENAME (A/B runs)")
 	fs.BoolVar(&o.pool, "pool", true, "measure imapgw through three backend servers against one")
 	fs.BoolVar(&o.cluster, "cluster", true, "measure imapgw with [cluster] on a local redis-server against without")
 	fs.BoolVar(&o.flood, "flood", true, "measure imapgw against a banned source's flood")
 	fs.BoolVar(&o.hybrid, "hybrid", true, "measure imapgw's handshake with X25519MLKEM768 against X25519")
 	fs.StringVar(&o.measure, "measure", "idle,login,relay", "side-by-side measurements of each round, comma-separated")
 	fs.DurationVar(&o.settle, "settle", 3*time.Second, "pause between opening the idle sessions and reading RSS")
-	fs.StringVar(&o.perfDir, "perf", "", "record imapgw with `perf record -g` during each measurement into this directory")
+	fs.StringVar(&o.perfDir, "perf", "", "record each proxy with `perf record -g` during each measurement into this directory")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -208,7 +210,19 @@ func rotate(peers []peer, k int) []peer {
 func makePeers(opt options, e *env) ([]peer, error) {
 	var out []peer
 	for _, name := range strings.Split(opt.peers, ",") {
-		switch strings.ToLower(strings.TrimSpace(name)) {
+		name = strings.TrimSpace(name)
+		if path, ok := strings.CutPrefix(name, "imapgw="); ok {
+			// Another build, measured beside the first under its own name
+			// (its results are logged, the report's table has imapgw's).
+			bin, err := filepath.Abs(path)
+			if err != nil || !isExec(bin) {
+				return nil, fmt.Errorf("-peers %s: not an executable file", name)
+			}
+			label := "imapgw:" + filepath.Base(bin)
+			out = append(out, &imapgwPeer{listenPeer: listenPeer{env: e, bin: bin}, label: label, tag: "-" + filepath.Base(bin)})
+			continue
+		}
+		switch strings.ToLower(name) {
 		case "imapgw":
 			bin, err := imapgwBinary(opt, e.dir)
 			if err != nil {

@@ -80,7 +80,7 @@ func TestTargetCell(t *testing.T) {
 		{row{}, 3, true, nil, ""},
 		// Two rounds of three decide, whatever the medians' ratio says.
 		{rate, 0.87, true, []float64{1.103, 0.81, 1.26}, "≥ 1.1×: met in 2 of 3 rounds (1.10, 0.81, 1.26)"},
-		{rate, 1.15, true, []float64{1.15, 1.09, 1.05}, "≥ 1.1×: **missed** in 1 of 3 rounds (1.15, 1.09, 1.05)"},
+		{rate, 1.15, true, []float64{1.15, 1.09, 1.05}, "≥ 1.1×: **missed**, met only in 1 of 3 rounds (1.15, 1.09, 1.05)"},
 		{mem, 0.9, true, []float64{0.9, 0.95, 1.2}, "< 1.0×: met in 2 of 3 rounds (0.90, 0.95, 1.20)"},
 		{rate, 1.2, true, []float64{1.2}, "≥ 1.1×: met in 1 of 1 rounds (1.20)"},
 	}

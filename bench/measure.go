@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -174,8 +175,8 @@ func (b *bench) recordLogins(name, key string, st loadgen.Stats, cpu time.Durati
 	if st.Errors > 0 {
 		b.res.note("%s round %d %s: %d failed cycles, first: %v", name, round, key, st.Errors, st.FirstErr)
 	}
-	b.logf("%-8s round %d %-8s %7.0f cycles/s  p50 %6.2f ms  p99 %6.2f ms  errors %d", name, round, key,
-		st.Rate(), ms(st.Percentile(0.5)), ms(st.Percentile(0.99)), st.Errors)
+	b.logf("%-8s round %d %-8s %7.0f cycles/s  p50 %6.2f ms  p99 %6.2f ms  CPU %4.0f µs/cycle  errors %d", name, round, key,
+		st.Rate(), ms(st.Percentile(0.5)), ms(st.Percentile(0.99)), float64(cpu.Microseconds())/float64(max(st.Ops, 1)), st.Errors)
 }
 
 // withCPU runs f and returns the CPU time the peer's processes spent meanwhile,
@@ -231,14 +232,24 @@ func (b *bench) logCPU(p peer, key string, c cpuSpent) {
 		p.name(), key, c.wall.Round(time.Millisecond), proxy, gen, others)
 }
 
-// perf starts `perf record` on imapgw when -perf is set; the returned func
-// stops it and writes a flat profile next to the data.
+// perf starts `perf record` on every process of the peer when -perf is set
+// (imapgw's profile beside HAProxy's shows where their CPU per cycle
+// differs); the returned func stops it and writes a flat profile next to the data.
 func (b *bench) perf(p peer, key string) (stop func()) {
-	if b.opt.perfDir == "" || p.name() != nameImapgw {
+	if b.opt.perfDir == "" {
 		return func() {}
 	}
-	data := filepath.Join(b.opt.perfDir, key+".perf.data")
-	rec, err := startProc(data+".log", "perf", "record", "-F", "999", "-g", "-p", strconv.Itoa(p.pid()), "-o", data)
+	pids, err := tree(p.pid())
+	if err != nil {
+		b.res.note("perf: %v", err)
+		return func() {}
+	}
+	list := make([]string, len(pids))
+	for i, pid := range pids {
+		list[i] = strconv.Itoa(pid)
+	}
+	data := filepath.Join(b.opt.perfDir, strings.ReplaceAll(p.name(), ":", "-")+"-"+key+".perf.data")
+	rec, err := startProc(data+".log", "perf", "record", "-F", "999", "-g", "-p", strings.Join(list, ","), "-o", data)
 	if err != nil {
 		b.res.note("perf: %v", err)
 		return func() {}
@@ -250,7 +261,7 @@ func (b *bench) perf(p peer, key string) (stop func()) {
 		if err != nil {
 			b.res.note("perf report %s: %v", data, err)
 		}
-		os.WriteFile(filepath.Join(b.opt.perfDir, key+".txt"), out, 0o644)
+		os.WriteFile(strings.TrimSuffix(data, ".perf.data")+".txt", out, 0o644)
 	}
 }
 

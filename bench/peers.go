@@ -112,9 +112,15 @@ type imapgwPeer struct {
 	firewall string   // when set, bans.firewall = "nftables" with this table (kerneldrop.go)
 	tag      string   // appended to the scratch directory's name, so two instances can run at once
 	pool     []string // when set, these servers in the [[backend.server]] long form, route = "user" (pool.go)
+	label    string   // when set, the name in logs and results: a second build compared with the first (-peers imapgw=PATH)
 }
 
-func (g *imapgwPeer) name() string { return nameImapgw }
+func (g *imapgwPeer) name() string {
+	if g.label != "" {
+		return g.label
+	}
+	return nameImapgw
+}
 
 func (g *imapgwPeer) version() string { return firstLine(g.bin, "version") }
 

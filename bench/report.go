@@ -135,7 +135,7 @@ func targetCell(w row, median float64, ok bool, rounds []float64) string {
 	}
 	verdict := "met"
 	if 3*n < 2*len(rounds) {
-		verdict = "**missed**"
+		verdict = "**missed**, met only"
 	}
 	return fmt.Sprintf("%s: %s in %d of %d rounds (%s)", want, verdict, n, len(rounds), strings.Join(per, ", "))
 }
