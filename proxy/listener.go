@@ -100,7 +100,7 @@ func (l *listener) start(raw, c net.Conn, client netip.AddrPort, release func())
 		release()
 		return
 	}
-	l.srv.spawn(ss.run)
+	l.srv.spawn(ss.runSession)
 }
 
 func refusalOutcome(err error) string {

@@ -11,8 +11,9 @@ import (
 
 // Parking idle relay directions (issue 16). A logged-in IMAP session spends
 // nearly all its life quiet (IDLE, or a client between commands), and each of
-// its two relay goroutines would sit in Go's netpoller with a stack of a few
-// kilobytes: half of an idle session's memory. A direction quiet for a second
+// its two relay goroutines (one of them the session's own, see startRelay)
+// would sit in Go's netpoller with a stack of a few kilobytes or more: half of
+// an idle session's memory. A direction quiet for a second
 // gives its goroutine up instead: its socket goes into the parker's own epoll
 // set, and when it becomes readable (data, EOF, a reset) a new goroutine
 // continues the same relay. One goroutine in epoll_wait serves every parked

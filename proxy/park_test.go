@@ -3,6 +3,7 @@
 package proxy_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -288,4 +289,111 @@ func TestParkKickAndDrain(t *testing.T) {
 	}
 	t.Logf("MEASURED: Shutdown took %v", took.Round(time.Millisecond))
 	settleGoroutines(t, base, 0)
+}
+
+// goroutinesWith counts the goroutines whose stack holds every one of frames.
+func goroutinesWith(frames ...string) int {
+	buf := make([]byte, 4<<20)
+	n := 0
+	for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
+		all := true
+		for _, f := range frames {
+			all = all && strings.Contains(g, f)
+		}
+		if all {
+			n++
+		}
+	}
+	return n
+}
+
+// waitGoroutinesWith waits up to 5s for want goroutines with every one of
+// frames (a relay starts just after the client reads OK) and returns the count.
+func waitGoroutinesWith(want int, frames ...string) int {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		n := goroutinesWith(frames...)
+		if n == want || time.Now().After(deadline) {
+			return n
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Frames of the goroutines the relay runs on.
+const (
+	frameWorker          = "proxy.(*Server).worker"
+	frameBackendToClient = "proxy.(*relay).backendToClient"
+	frameClientToBackend = "proxy.(*relay).clientToBackend"
+)
+
+// TestRelayOnSessionGoroutine: after a login the backend's direction runs on
+// the goroutine that ran the handshake and the login (one goroutine fewer to
+// start per login), the client's on a fresh one; once the session is quiet
+// and parks, that goroutine is free for the next session, and the relay
+// still moves bytes exactly both ways on fresh goroutines.
+func TestRelayOnSessionGoroutine(t *testing.T) {
+	b := startScripted(t)
+	g := startGateway(t, b.ln.Addr().String(), nil)
+	tc, _, be := relayed(t, g, b)
+
+	if n := waitGoroutinesWith(1, frameWorker, frameBackendToClient); n != 1 {
+		buf := make([]byte, 1<<20)
+		t.Errorf("%d session goroutines running the backend's direction after the login, want 1:\n%s", n, buf[:runtime.Stack(buf, true)])
+	}
+	if n := waitGoroutinesWith(1, frameClientToBackend); n != 1 || goroutinesWith(frameWorker, frameClientToBackend) != 0 {
+		t.Errorf("%d goroutines run the client's direction (on a worker: %d), want 1 of its own",
+			n, goroutinesWith(frameWorker, frameClientToBackend))
+	}
+	exchange(t, tc, be, 50_000)
+
+	waitParked(t, 2)
+	if n := goroutinesWith(frameBackendToClient) + goroutinesWith(frameClientToBackend); n != 0 {
+		t.Errorf("%d goroutines still run a direction of a parked session", n)
+	}
+	// The freed worker takes the next session's handshake.
+	tc2, _, be2 := relayed(t, g, b)
+	exchange(t, tc2, be2, 1000)
+	exchange(t, tc, be, 50_000) // the parked one, woken: fresh goroutines
+	if n := goroutinesWith(frameWorker, frameBackendToClient); n > 1 {
+		t.Errorf("%d workers run a backend's direction, want at most the second session's", n)
+	}
+}
+
+// TestRelayUnparkableOwnGoroutine: a direction that cannot park (a TLS
+// backend's, read through crypto/tls) runs on a goroutine of its own, never
+// on the session's: it would otherwise keep the handshake's grown stack for
+// the session's whole life.
+func TestRelayUnparkableOwnGoroutine(t *testing.T) {
+	e := startExchange(t, true)
+	g := startGateway(t, "", exchangeBackend(t, e, conf.TLSImplicit))
+	tc, err := tls.Dial("tcp", g.implicit, g.clientTLS())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	tc.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(tc)
+	for _, step := range []struct{ send, want string }{{"", "* OK"}, {"a LOGIN alice alice-secret\r\n", "a OK"}} {
+		io.WriteString(tc, step.send)
+		for {
+			line, err := br.ReadString('\n')
+			if err != nil {
+				t.Fatalf("after %q: %v", step.send, err)
+			}
+			if strings.HasPrefix(line, step.want) {
+				break
+			}
+		}
+	}
+	if n := waitGoroutinesWith(1, frameBackendToClient); n != 1 {
+		t.Errorf("%d goroutines run the backend's direction, want 1", n)
+	}
+	if n := goroutinesWith(frameWorker, frameBackendToClient); n != 0 {
+		t.Errorf("the TLS backend's direction runs on the session's worker goroutine (%d)", n)
+	}
+	io.WriteString(tc, "b NOOP\r\n")
+	if line, err := br.ReadString('\n'); err != nil || !strings.HasPrefix(line, "b OK") {
+		t.Fatalf("NOOP through the relay: %q, %v", line, err)
+	}
 }

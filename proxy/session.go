@@ -61,6 +61,7 @@ type session struct {
 	first    bool // no command read yet: a non-IMAP line gets BYE
 	saidBye  bool // a BYE was sent: close lingering, so that it arrives
 	failures int
+	inline   *relay // the relay direction runSession runs after run (startRelay); session goroutine only
 
 	mu       sync.Mutex
 	user     string
@@ -115,9 +116,18 @@ func (s *session) info() SessionInfo {
 	}
 }
 
-// run is the session's pre-auth life. On a successful login it hands the
-// connection to two fresh relay goroutines and returns, so the stack grown
-// during the handshake and login is freed.
+// runSession is what a worker runs for a new connection: the pre-auth life,
+// then, after a login, the relay direction startRelay left to this goroutine.
+func (s *session) runSession() {
+	s.run()
+	if r := s.inline; r != nil {
+		s.inline = nil
+		r.backendToClient()
+	}
+}
+
+// run is the session's pre-auth life. On a successful login it starts the
+// relay (startRelay) and returns.
 func (s *session) run() {
 	defer s.srv.recoverPanic(s.id)
 	s.srv.m.sessions.WithLabelValues(statePreauth).Inc()

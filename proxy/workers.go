@@ -12,8 +12,9 @@ const workerIdle = 500 * time.Millisecond
 // about 5% of a login cycle's CPU (issue 16). A reused one has its grown stack
 // already. Waiting workers are few (those that finished within workerIdle and
 // found no new session) and end after workerIdle or at shutdown, so idle
-// sessions pay nothing for them: a logged-in session runs on its two relay
-// goroutines, never on a worker.
+// sessions pay nothing for them: a logged-in session keeps its worker only
+// while its backend's direction runs (see startRelay), until it ends or parks
+// after a quiet second.
 func (s *Server) spawn(f func()) {
 	select {
 	case s.work <- f:
