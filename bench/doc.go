@@ -151,4 +151,23 @@ const profileNote = `- Profile of imapgw's relay (2 sessions, 16 MB FETCH) befor
   4 ms timer slack, internal/timerslack): sysmon 0.7%, 8.7 switches per cycle, CPU per
   cycle 20-28% lower at 2 clients and 10-16% at 8 and 64. HAProxy started under the same 4 ms slack
   kept its ratio to imapgw (1.06-1.13 in 3 rounds): its event loop has no such thread.
+- After a login the backend's relay direction runs on the goroutine that ran the
+  handshake and the login instead of a fresh one (proxy/relay.go startRelay): two
+  builds side by side (-peers imapgw=PATH), 3 rounds, login cycles +1.4 to +5.6% at 2
+  clients, +0.9 to +6.2% at 8, -1.1 to +5.6% at 64; memory per idle session 9.0-9.7 KB
+  against 8.8-8.9 KB.
+- Where the rest of the login gap is: X25519. Go 1.26's crypto/ecdh computes the
+  server's key share with the same Montgomery ladder as the shared secret, 37-38 µs
+  each here; OpenSSL derives its public key with a fixed-base Edwards multiplication
+  and its shared secret takes 28.5 µs (openssl speed ecdhx25519). The same imapgw
+  built against a crypto/ecdh whose key generation uses the fixed-base multiplication
+  (an experiment with go build -overlay, 19 µs per key, not shipped; upstream this is
+  golang/go#80858) ran +2.7 to +10.2% more login cycles at 2 clients, +1.7 to +4.9% at
+  8 and -0.9 to +4.4% at 64, 1.08-1.20x HAProxy in every round. System calls per login
+  cycle (strace -c, 64 clients): imapgw about 40 besides the runtime's futex and
+  epoll_pwait, HAProxy about 61.
+- Tried and not kept: dialling the backend while the client is still before its LOGIN
+  (+2% login cycles on average, but every session that has not logged in yet would hold
+  a login process of a stock Dovecot, which runs one per connection and at most 100);
+  backend sockets without keep-alive (no difference measured).
 `
