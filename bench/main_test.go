@@ -171,3 +171,39 @@ func TestHybridTable(t *testing.T) {
 		}
 	}
 }
+
+// TestMakePeersSecondBuild: -peers imapgw=PATH adds another imapgw build under
+// a name of its own and its own scratch directory, so that two builds can be
+// measured side by side; a path that is not an executable file is refused.
+func TestMakePeersSecondBuild(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "imapgw-b")
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	e := &env{dir: dir}
+	peers, err := makePeers(options{gwBin: bin, peers: "imapgw, imapgw=" + bin}, e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(peers) != 2 || peers[0].name() != nameImapgw || peers[1].name() != "imapgw:imapgw-b" {
+		t.Fatalf("peers %v, want imapgw and imapgw:imapgw-b", names(peers))
+	}
+	if a, b := peers[0].(*imapgwPeer), peers[1].(*imapgwPeer); a.tag == b.tag || b.bin != bin {
+		t.Errorf("second build: tag %q (first %q), binary %q; want its own scratch directory and %s", b.tag, a.tag, b.bin, bin)
+	}
+	for _, bad := range []string{filepath.Join(dir, "missing"), dir, filepath.Join(dir, "plain")} {
+		os.WriteFile(filepath.Join(dir, "plain"), nil, 0o644)
+		if _, err := makePeers(options{peers: "imapgw=" + bad}, e); err == nil {
+			t.Errorf("-peers imapgw=%s accepted", bad)
+		}
+	}
+}
+
+func names(peers []peer) []string {
+	var out []string
+	for _, p := range peers {
+		out = append(out, p.name())
+	}
+	return out
+}
