@@ -12,6 +12,17 @@
 // and 10–16 % less at 8 and 64 (issue 16). Timers in the gateway are deadlines and
 // delays of a second or more; firing them up to 4 ms late changes nothing.
 //
+// The cost is in the tail at low load. The scheduler has one short sleep of
+// its own: a thread about to take a goroutine another thread has just made
+// ready first backs off for 3 µs (runqgrab in runtime/proc.go), and under the
+// slack that sleep lasts until the next interrupt, 1–3 ms measured with
+// strace, holding its processor meanwhile. At 2 clients make bench's 99th
+// percentile login latency was 6.8 ms against HAProxy's 6.0 while the median
+// was below HAProxy's. With a slack of 1 ms it was 5.4 ms against 5.9 (two
+// builds side by side, 3 rounds), for 8–20 % more CPU and 0–8 % fewer logins.
+// Giving the slack to sysmon alone would avoid the trade, but setting another
+// thread's slack needs CAP_SYS_NICE, which the gateway does not run with.
+//
 // The slack of a thread is inherited by the threads it creates and kept across
 // execve, and sysmon exists before any of the program's code runs, so Raise
 // sets it on its own thread and executes the program again: every thread of
