@@ -99,7 +99,8 @@ func setup(opt options, r *results, took time.Duration) string {
 	fmt.Fprintf(&b, "- Idle memory: the proxy's resident memory (VmRSS summed over all its processes) with\n")
 	fmt.Fprintf(&b, "  %d logged-in sessions in IDLE, %v after the last one opened, minus the same before\n", opt.idle, opt.settle)
 	fmt.Fprintf(&b, "  they opened (read %v after the warm-up, so that memory freed after a burst is freed\n", opt.settle)
-	b.WriteString("  for both readings), divided by their number. Measured first in each round.\n")
+	b.WriteString("  for both readings; imapgw returns it 5-6s after the last session started), divided by\n")
+	b.WriteString("  their number. Measured first in each round.\n")
 	if r.loadStart != "" {
 		fmt.Fprintf(&b, "- Load average (1, 5, 15 min) at the start: %s; at the end: %s. Other engineers'\n", r.loadStart, loadAverage())
 		b.WriteString("  tests may run on the machine meanwhile.\n")

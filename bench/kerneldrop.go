@@ -23,7 +23,7 @@ const benchTable = "imapgw_bench"
 
 // Settling before a measured window. imapgw keeps working after a burst of
 // logins: its memory trimmer forces a collection and returns memory to the OS
-// one to two seconds after the last session started (proxy/trim.go), and
+// five to six seconds after the last session started (proxy/trim.go), and
 // every relay that ended cleanly has a timer close its sockets once more
 // halfCloseGrace (5 s) later, each a goroutine and a thread wake-up
 // (proxy/relay.go). Measured right after the legitimate load, that work (about

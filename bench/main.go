@@ -76,7 +76,7 @@ func parseFlags(args []string) (options, error) {
 	fs.BoolVar(&o.flood, "flood", true, "measure imapgw against a banned source's flood")
 	fs.BoolVar(&o.hybrid, "hybrid", true, "measure imapgw's handshake with X25519MLKEM768 against X25519")
 	fs.StringVar(&o.measure, "measure", "idle,login,relay", "side-by-side measurements of each round, comma-separated")
-	fs.DurationVar(&o.settle, "settle", 3*time.Second, "pause between opening the idle sessions and reading RSS")
+	fs.DurationVar(&o.settle, "settle", 8*time.Second, "pause between opening the idle sessions and reading RSS (imapgw returns free memory 5-6s after a burst of sessions)")
 	fs.StringVar(&o.perfDir, "perf", "", "record each proxy with `perf record -g` during each measurement into this directory")
 	if err := fs.Parse(args); err != nil {
 		return o, err

@@ -39,9 +39,9 @@ import (
 // 8.4 and 9.1 with) and would cost a full collection on a busy server.
 //
 // The sweep runs twice a second rather than once so that a direction parks
-// between one and one and a half seconds after its last byte (make bench
-// reads memory 3s after the last login), and a parked direction's idle
-// timeout fires at most half a second late.
+// between one and one and a half seconds after its last byte (well before the
+// trim, 5 s after the last login, frees the ended goroutines' stacks), and a
+// parked direction's idle timeout fires at most half a second late.
 const (
 	sweepEvery = 500 * time.Millisecond
 	parkQuiet  = 2 // sweeps in a row without a byte (at least a second) before a direction parks
