@@ -157,6 +157,14 @@ const profileNote = `- Profile of imapgw's relay (2 sessions, 16 MB FETCH) befor
   builds side by side (-peers imapgw=PATH), 3 rounds, login cycles +1.4 to +5.6% at 2
   clients, +0.9 to +6.2% at 8, -1.1 to +5.6% at 64; memory per idle session 9.0-9.7 KB
   against 8.8-8.9 KB.
+- The memory trim waited for one quiet second after a burst of sessions, so with the
+  proxies taking turns in 1 s slices imapgw forced a collection and returned its free
+  pages in every gap, and faulted the heap back in at the start of its next slice
+  (perf at 2 clients: the trim's scavenge 2% of imapgw's CPU, page faults and TLB
+  shootdowns besides). It now waits five quiet seconds (proxy/trim.go): side by side,
+  3 rounds, CPU per login cycle 5-17% lower at 2 clients, 1-7% at 8 and 64, login
+  cycles +2 to +13% at 2 clients, +1 to +5% at 8, -0.5 to +7% at 64; memory per idle
+  session unchanged (9.0-9.4 KB against 9.1 KB).
 - Where the rest of the login gap is: X25519. Go 1.26's crypto/ecdh computes the
   server's key share with the same Montgomery ladder as the shared secret, 37-38 µs
   each here; OpenSSL derives its public key with a fixed-base Edwards multiplication
@@ -164,7 +172,8 @@ const profileNote = `- Profile of imapgw's relay (2 sessions, 16 MB FETCH) befor
   built against a crypto/ecdh whose key generation uses the fixed-base multiplication
   (an experiment with go build -overlay, 19 µs per key, not shipped; upstream this is
   golang/go#80858) ran +2.7 to +10.2% more login cycles at 2 clients, +1.7 to +4.9% at
-  8 and -0.9 to +4.4% at 64, 1.08-1.20x HAProxy in every round. System calls per login
+  8 and -0.9 to +4.4% at 64, 1.08-1.20x HAProxy in every round. Go 1.27.3 still
+  generates the key with the ladder (41 µs, as its ECDH). System calls per login
   cycle (strace -c, 64 clients): imapgw about 40 besides the runtime's futex and
   epoll_pwait, HAProxy about 61.
 - Tried and not kept: dialling the backend while the client is still before its LOGIN
