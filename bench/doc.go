@@ -162,7 +162,7 @@ const profileNote = `- Profile of imapgw's relay (2 sessions, 16 MB FETCH) befor
   pages in every gap, and faulted the heap back in at the start of its next slice
   (perf at 2 clients: the trim's scavenge 2% of imapgw's CPU, page faults and TLB
   shootdowns besides). It now waits five quiet seconds (proxy/trim.go): side by side,
-  3 rounds, CPU per login cycle 5-17% lower at 2 clients, 1-7% at 8 and 64, login
+  3 rounds, CPU per login cycle 5-17% lower at 2 clients, 5-7% at 8, 1-8% at 64, login
   cycles +2 to +13% at 2 clients, +1 to +5% at 8, -0.5 to +7% at 64; memory per idle
   session unchanged (9.0-9.4 KB against 9.1 KB).
 - Where the rest of the login gap is: X25519. Go 1.26's crypto/ecdh computes the
