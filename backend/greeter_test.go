@@ -71,6 +71,13 @@ func (g *greeter) serve() {
 	}
 }
 
+// accepted is how many connections the greeter took.
+func (g *greeter) accepted() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.conns)
+}
+
 func (g *greeter) seen() ([]*proxyproto.Header, []string) {
 	g.mu.Lock()
 	defer g.mu.Unlock()

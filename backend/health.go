@@ -8,11 +8,13 @@ import (
 )
 
 // Run checks every server at once and then each check_interval, re-reads the
-// map file when it changes and forgets expired affinities, until ctx is done.
+// map file when it changes, forgets expired affinities and closes warm
+// connections that waited too long, until ctx is done; then it closes the pool.
 // A Reload makes it check at once (new servers) at the new interval.
 func (p *Pool) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	defer p.Close()
 	if p.store != nil {
 		wg.Go(func() { p.syncLoop(ctx) })
 	}
@@ -34,6 +36,7 @@ func (p *Pool) Run(ctx context.Context) {
 			p.checkAll(ctx, &wg)
 			p.reloadMap()
 			p.sweep(p.now())
+			p.sweepWarm(p.now())
 		}
 	}
 }

@@ -8,6 +8,8 @@ type metrics struct {
 	logins    *prometheus.CounterVec // backend, outcome
 	check     *prometheus.HistogramVec
 	failovers prometheus.Counter
+	warm      *prometheus.CounterVec // backend, outcome
+	warmReady *prometheus.GaugeVec   // backend
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -28,9 +30,17 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		failovers: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "imapgw_backend_failovers_total", Help: "Logins that went on to the next server after a failed dial or greeting.",
 		}),
+		warm: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "imapgw_backend_warm_total",
+			Help: "Warm connections (backend.warm_connections) by server and outcome: hit (a login took one), miss (none was ready: the login dialed), " +
+				"expired, stale (the server closed it or spoke), unused (closed: server down or draining), failed (its dial failed).",
+		}, []string{"backend", "outcome"}),
+		warmReady: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "imapgw_backend_warm_connections", Help: "Warm connections ready for a login on each backend server (backend.warm_connections).",
+		}, []string{"backend"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.up, m.sessions, m.logins, m.check, m.failovers)
+		reg.MustRegister(m.up, m.sessions, m.logins, m.check, m.failovers, m.warm, m.warmReady)
 	}
 	return m
 }

@@ -1,6 +1,7 @@
 package backend
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"sync"
@@ -38,6 +39,9 @@ type Pool struct {
 	log  *slog.Logger
 	m    *metrics
 	wake chan struct{} // Reload asks Run to check at once, at the new interval
+
+	warmCtx    context.Context // warm dials; Close cancels it
+	warmCancel context.CancelFunc
 
 	mu       sync.RWMutex
 	cfg      conf.Backend
@@ -96,6 +100,7 @@ func New(cfg conf.Backend, o Options) (*Pool, error) {
 		p.storeRefresh = defaultAffinityRefresh
 	}
 	p.dirty, p.syncWake = map[string]string{}, make(chan struct{}, 1)
+	p.warmCtx, p.warmCancel = context.WithCancel(context.Background())
 	if err := p.Reload(cfg); err != nil {
 		return nil, err
 	}
@@ -121,9 +126,11 @@ func (p *Pool) Reload(cfg conf.Backend) error {
 	}
 	p.mu.Lock()
 	removed := p.retire(servers)
+	replaced := p.servers
 	added := p.install(servers)
 	p.cfg, p.umap, p.mapStamp = cfg, m, stamp
 	p.mu.Unlock()
+	closeWarm(replaced)
 	for _, name := range removed {
 		p.log.Info("backend removed; its sessions run until they end", "backend", name)
 	}
@@ -185,6 +192,12 @@ func (p *Pool) install(servers []*Server) (added []string) {
 		}
 		s.state = st
 		p.byName[s.Name] = s
+		if s.warm != nil {
+			s.warm.hit = p.m.warm.WithLabelValues(s.Name, "hit")
+			s.warm.miss = p.m.warm.WithLabelValues(s.Name, "miss")
+			s.warm.ready = p.m.warmReady.WithLabelValues(s.Name)
+			s.warm.ready.Set(0)
+		}
 	}
 	return added
 }

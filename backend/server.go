@@ -34,6 +34,7 @@ type Server struct {
 	weight    float64     // Weight, for the hash path
 	nameHash  uint64      // fnv1a(Name): its side of the rendezvous score
 	state     *serverState
+	warm      *warmSet // nil: this server keeps no warm connections
 }
 
 // newServer resolves one server's settings: its own keys, else [backend]'s.
@@ -46,6 +47,7 @@ func newServer(b *conf.Backend, cs conf.BackendServer, roots map[string]*x509.Ce
 	if s.Weight <= 0 {
 		return nil, fmt.Errorf("backend %s: weight must be positive, got %d", s.Name, s.Weight)
 	}
+	s.warm = newWarmSet(b, s.ClientIP)
 	if s.TLS == "" {
 		s.TLS = conf.TLSNone
 	}

@@ -29,7 +29,14 @@ func (v *validator) backendServers(b *Backend) {
 	v.positiveDuration("backend.check_timeout", b.CheckTimeout)
 	v.positive("backend.fall", b.Fall)
 	v.positive("backend.rise", b.Rise)
+	if b.WarmConnections < 0 || b.WarmConnections > maxWarm {
+		v.fail("backend.warm_connections", "must be between 0 and %d, got %d", maxWarm, b.WarmConnections)
+	}
 }
+
+// maxWarm bounds backend.warm_connections: each one holds a pre-login
+// connection (a login process, on Dovecot) on every server.
+const maxWarm = 64
 
 func (v *validator) backendServer(i int, s *BackendServer, seen map[string]bool) {
 	switch {

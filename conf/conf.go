@@ -100,6 +100,13 @@ type Backend struct {
 	// after auth_failure_delay (2s) plus its auth penalty (up to 15s per address),
 	// so it must stay above 17s or attackers' failures look like outages (issue 10).
 	LoginTimeout Duration `toml:"login_timeout"`
+	// WarmConnections, default 2, is how many connections per server the
+	// gateway keeps dialed and greeted ahead of logins while logins come in,
+	// so that a login sends its credentials at once instead of waiting for a
+	// connect, TLS and the greeting (on Dovecot, the start of a login
+	// process). Only for client_ip "id" and "none": a PROXY header names the
+	// client when the connection opens. 0: every login dials.
+	WarmConnections int `toml:"warm_connections"`
 }
 
 // BackendServer is one [[backend.server]] table. Empty strings (and an absent
@@ -232,17 +239,18 @@ func Default() *Config {
 			HTTPChallengeAddress: ":80",
 		},
 		Backend: Backend{
-			Servers:        []string{"127.0.0.1:143"},
-			TLS:            TLSNone,
-			ClientIP:       ClientIPID,
-			ConnectTimeout: D(5 * time.Second),
-			LoginTimeout:   D(30 * time.Second),
-			Route:          RouteUser,
-			Affinity:       D(15 * time.Minute),
-			CheckInterval:  D(5 * time.Second),
-			CheckTimeout:   D(3 * time.Second),
-			Fall:           2,
-			Rise:           2,
+			Servers:         []string{"127.0.0.1:143"},
+			TLS:             TLSNone,
+			ClientIP:        ClientIPID,
+			ConnectTimeout:  D(5 * time.Second),
+			LoginTimeout:    D(30 * time.Second),
+			Route:           RouteUser,
+			Affinity:        D(15 * time.Minute),
+			CheckInterval:   D(5 * time.Second),
+			CheckTimeout:    D(3 * time.Second),
+			Fall:            2,
+			Rise:            2,
+			WarmConnections: 2,
 		},
 		Limits: Limits{
 			PreauthTimeout:               D(30 * time.Second),

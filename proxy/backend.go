@@ -27,6 +27,11 @@ type backendConn struct {
 	// message (its error challenge) to the client and returns the answer; nil
 	// for other logins and once used.
 	challenge func(text string) (string, error)
+	// warm: taken ready from the pool (backend.warm_connections), so its
+	// server may have died or hung since it greeted. Until the first line
+	// of the answer arrives, the wait is connect_timeout, not login_timeout.
+	warm bool
+	sent time.Time // when the credentials went out
 }
 
 func newBackendConn(c *backend.Conn, srv *backend.Server) *backendConn {
@@ -55,6 +60,9 @@ type loginResult struct {
 	server   *backend.Server // the server that answered; nil when none could be dialed
 
 	challenged bool // an OAuth token drew the backend's error challenge
+	// lost: the warm connection closed, failed or stayed silent for
+	// connect_timeout before answering anything; why.
+	lost error
 }
 
 // errBackend marks an answer from the backend that makes no sense here.
@@ -67,55 +75,88 @@ var errLoginTimeout = errors.New("login reply timeout")
 // errNoBackend is the reason logged when no server is up.
 var errNoBackend = errors.New("no backend server up")
 
-// backendLogin dials the user's server, or the next in the pool's order when
-// one refuses or never greets (the credentials have not been sent: the pool
-// gets a strike and the login goes on), then replays the credentials once.
-// Every step up to the credentials is bounded by backend.connect_timeout per
-// server, the answer to them by backend.login_timeout; once they are sent,
-// the answer stands.
+// backendLogin sends the login to the user's server, or to the next in the
+// pool's order when one refuses or never greets (the pool gets a strike and the
+// login goes on), then replays the credentials once. Every step up to the
+// credentials is bounded by backend.connect_timeout per server, the answer to
+// them by backend.login_timeout; once they are sent, the answer stands. The
+// one exception is a warm connection (backend.warm_connections) that never
+// answered at all: its server died or hung after greeting, which counts as a
+// server that never greeted. A dead one gets its server one fresh dial, a
+// silent one sends the login on to the next server.
 func (s *session) backendLogin(ctx context.Context, c creds) loginResult {
-	bc, err := s.dialRoute(ctx, c.mailbox())
-	if err != nil {
-		return loginResult{outcome: outcomeUnavailable, err: err}
-	}
-	res := s.replayLogin(bc, c)
-	res.server = bc.server
-	s.srv.pool.CountLogin(bc.server, res.outcome)
-	if res.outcome != outcomeOK {
-		bc.conn.Close()
-		return res
-	}
-	res.bc = bc
-	return res
-}
-
-// dialRoute tries the servers Route gives for user, in order.
-func (s *session) dialRoute(ctx context.Context, user string) (*backendConn, error) {
 	var buf [8]*backend.Server // no allocation for up to 8 servers
+	user := c.mailbox()
 	order, _ := s.srv.pool.RouteInto(buf[:0], user)
 	if len(order) == 0 {
-		return nil, errNoBackend
+		return loginResult{outcome: outcomeUnavailable, err: errNoBackend}
 	}
 	var errs []error
-	local := addrPort(s.raw.LocalAddr())
-	for i, srv := range order {
-		s.setBackend(srv.Name)
-		c, err := srv.DialFrom(ctx, s.client, local)
-		if err == nil {
-			s.srv.m.dial.Observe(c.Connected.Seconds())
-			if i > 0 {
-				s.srv.pool.CountFailover(user, order[i-1], srv)
-			}
-			s.srv.pool.NoteCaps(srv, c.Caps)
-			return newBackendConn(c, srv), nil
-		}
-		s.srv.pool.DialFailed(srv, err)
-		errs = append(errs, err)
-		if ctx.Err() != nil {
+	warm := true
+	for from := 0; from < len(order) && ctx.Err() == nil; {
+		bc, at, err := s.dialRoute(ctx, user, order, from, warm, &errs)
+		if err != nil {
 			break
 		}
+		res := s.replayLogin(bc, c)
+		if res.lost != nil {
+			bc.conn.Close()
+			errs = append(errs, res.lost)
+			from, warm = at, false
+			if errors.Is(res.lost, os.ErrDeadlineExceeded) {
+				// Silent: as a server that never greets. A closed one is
+				// judged by the fresh dial.
+				s.srv.pool.DialFailed(bc.server, res.lost)
+				from++
+			}
+			continue
+		}
+		res.server = bc.server
+		s.srv.pool.CountLogin(bc.server, res.outcome)
+		if res.outcome != outcomeOK {
+			bc.conn.Close()
+			return res
+		}
+		res.bc = bc
+		return res
 	}
-	return nil, errors.Join(errs...)
+	return loginResult{outcome: outcomeUnavailable, err: errors.Join(errs...)}
+}
+
+// dialRoute returns a connection to the first server of order, from index
+// from on, that greets, and that server's index: a warm connection when warm
+// is set and the pool has one ready, else a dial. Failed dials go to errs.
+func (s *session) dialRoute(ctx context.Context, user string, order []*backend.Server, from int, warm bool, errs *[]error) (*backendConn, int, error) {
+	local := addrPort(s.raw.LocalAddr())
+	for i := from; i < len(order); i++ {
+		srv := order[i]
+		s.setBackend(srv.Name)
+		var c *backend.Conn
+		if warm {
+			c = s.srv.pool.TakeWarm(srv)
+		}
+		taken := c != nil
+		if !taken {
+			var err error
+			if c, err = srv.DialFrom(ctx, s.client, local); err != nil {
+				s.srv.pool.DialFailed(srv, err)
+				*errs = append(*errs, err)
+				if ctx.Err() != nil {
+					break
+				}
+				continue
+			}
+			s.srv.m.dial.Observe(c.Connected.Seconds())
+		}
+		if i > 0 {
+			s.srv.pool.CountFailover(user, order[i-1], srv)
+		}
+		s.srv.pool.NoteCaps(srv, c.Caps)
+		bc := newBackendConn(c, srv)
+		bc.warm = taken
+		return bc, i, nil
+	}
+	return nil, 0, errors.Join(*errs...)
 }
 
 // command sends a command with no literals and waits for its tagged reply,
@@ -172,21 +213,43 @@ func (s *session) replayLogin(bc *backendConn, c creds) loginResult {
 	if c.oauth != nil {
 		bc.challenge = s.relayChallenge
 	}
+	id := false
 	if bc.server.ClientIP == conf.ClientIPID {
 		if bc.has("ID") {
 			chunks[0] = s.idCommand() + chunks[0]
+			id = true
 		} else {
 			s.logger().Warn("backend does not advertise ID: the client's address is not passed on (set backend.client_ip)")
 		}
 	}
+	if bc.warm && !id {
+		// Something the server answers at once, before the credentials
+		// (which Dovecot may answer only after its penalty): a warm
+		// connection that answers nothing within connect_timeout is dead.
+		chunks[0] = "gwn NOOP\r\n" + chunks[0]
+	}
 	// Dovecot answers a failed login only after its auth penalty for the client's
 	// address (up to 15 s) plus auth_failure_delay: connect_timeout would turn an
 	// attacker's failures into backend errors the policy never counts (issue 10).
-	bc.conn.SetDeadline(time.Now().Add(bc.server.LoginTimeout))
+	bc.sent = time.Now()
+	bc.conn.SetDeadline(bc.sent.Add(bc.firstWait()))
 	if _, err := bc.conn.Write([]byte(chunks[0])); err != nil {
+		if bc.warm {
+			return loginResult{outcome: outcomeUnavailable, lost: fmt.Errorf("warm connection: writing login: %w", err)}
+		}
 		return loginResult{outcome: outcomeUnavailable, err: fmt.Errorf("writing login: %w", err)}
 	}
 	return bc.loginReply(chunks[1:])
+}
+
+// firstWait bounds the wait for the first line of the answer to the login:
+// login_timeout, or on a warm connection connect_timeout (its ID or NOOP is
+// answered at once by a live server), whichever is shorter.
+func (bc *backendConn) firstWait() time.Duration {
+	if bc.warm {
+		return min(bc.server.ConnectTimeout, bc.server.LoginTimeout)
+	}
+	return bc.server.LoginTimeout
 }
 
 // idCommand passes the client's address in RFC 2971 ID fields, which Dovecot
@@ -251,8 +314,21 @@ func isQuotable(b []byte) bool {
 func (bc *backendConn) loginReply(rest []string) loginResult {
 	var res loginResult
 	rr := backend.NewReplyReader(bc.br)
-	for {
+	for first := true; ; first = false {
 		line, err := rr.Next()
+		if err != nil && first && bc.warm {
+			res.outcome, res.lost = outcomeUnavailable, fmt.Errorf("warm connection: reading login reply: %w", err)
+			return res
+		}
+		if first && bc.warm {
+			if st := parseStatus(line); st.Tag == "*" && st.Kind == "BYE" {
+				// Said before it read the login: the server was closing
+				// the connection (a restart, its own timeout).
+				res.outcome, res.lost = outcomeUnavailable, fmt.Errorf("warm connection: BYE %s", sanitize(st.Text, 120))
+				return res
+			}
+			bc.conn.SetDeadline(bc.sent.Add(bc.server.LoginTimeout))
+		}
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			res.outcome, res.err = outcomeTimeout, errLoginTimeout
 			return res
@@ -285,8 +361,9 @@ func (bc *backendConn) loginReply(rest []string) loginResult {
 				res.outcome, res.err = outcomeUnavailable, fmt.Errorf("%w: BYE %s", errBackend, sanitize(st.Text, 120))
 				return res
 			}
-		case st.Tag == "gwi":
+		case st.Tag == "gwi", st.Tag == "gwn":
 			// ID refused: the login goes on without the client's address.
+			// gwn: the warm connection's NOOP.
 		case st.Tag == "gwl":
 			res.st = st
 			res.outcome = classify(st)

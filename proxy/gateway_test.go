@@ -75,6 +75,7 @@ func startGateway(t *testing.T, server string, edit func(*conf.Config)) *gateway
 		t.Fatal(err)
 	}
 	g.pool = pool
+	t.Cleanup(pool.Close) // its warm connections (a pool never Run is its owner's to close)
 	srv, err := proxy.New(cfg, proxy.Options{Policy: lim, Certs: certs, Logger: log, Registerer: g.reg, Backends: pool})
 	if err != nil {
 		t.Fatal(err)

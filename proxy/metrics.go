@@ -33,7 +33,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "imapgw_relay_bytes_total", Help: "Bytes relayed after login, by direction.",
 		}, []string{"direction"}),
 		dial: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "imapgw_backend_dial_seconds", Help: "Time to connect to the backend.",
+			Name: "imapgw_backend_dial_seconds", Help: "Time a login's own connect to the backend took (not counting warm connections, dialed ahead).",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 4, 8),
 		}),
 		loginSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{

@@ -766,10 +766,16 @@ func TestPoolDrain(t *testing.T) {
 // waitLog waits for a gateway log line holding every one of parts.
 func (e *poolEnv) waitLog(t *testing.T, parts ...string) string {
 	t.Helper()
+	return waitLogLine(t, e.logs, parts...)
+}
+
+// waitLogLine waits up to 5 s for a line of logs holding every part.
+func waitLogLine(t *testing.T, logs *testbed.LogBuffer, parts ...string) string {
+	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 	lines:
-		for line := range strings.Lines(e.logs.String()) {
+		for line := range strings.Lines(logs.String()) {
 			for _, p := range parts {
 				if !strings.Contains(line, p) {
 					continue lines

@@ -238,6 +238,9 @@ func (s *Server) Shutdown(ctx context.Context) {
 	}
 	s.mu.Unlock()
 	s.cancel() // pre-auth sessions see this and say BYE
+	if s.ownPool {
+		s.pool.Close() // its warm connections; a wired-in pool is closed by its Run
+	}
 
 	drain := s.Config().Server.DrainTimeout.Duration
 	done := make(chan struct{})

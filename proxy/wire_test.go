@@ -350,7 +350,7 @@ func TestUntrustedProxyFlood(t *testing.T) {
 	c.expect("a OK")
 }
 
-// counterValue sums the counters of family whose label is value.
+// counterValue sums the counters (or gauges) of family whose label is value.
 func counterValue(t *testing.T, reg *prometheus.Registry, family, label, value string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
@@ -365,7 +365,7 @@ func counterValue(t *testing.T, reg *prometheus.Registry, family, label, value s
 		for _, m := range mf.GetMetric() {
 			for _, lp := range m.GetLabel() {
 				if lp.GetName() == label && lp.GetValue() == value {
-					sum += m.GetCounter().GetValue()
+					sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
 				}
 			}
 		}

@@ -264,6 +264,26 @@ func (d *Dovecot) Kill() {
 	d.halt(true)
 }
 
+// Freeze stops Dovecot and all its processes (SIGSTOP), as a hung host
+// would: connections stay open and nothing answers. Thaw resumes them; the
+// test's cleanup thaws a frozen Dovecot before it ends it.
+func (d *Dovecot) Freeze() {
+	d.signalGroup(syscall.SIGSTOP)
+	d.t.Cleanup(d.Thaw)
+}
+
+// Thaw resumes a frozen Dovecot (SIGCONT).
+func (d *Dovecot) Thaw() { d.signalGroup(syscall.SIGCONT) }
+
+func (d *Dovecot) signalGroup(sig syscall.Signal) {
+	d.mu.Lock()
+	cmd := d.cmd
+	d.mu.Unlock()
+	if cmd != nil {
+		_ = syscall.Kill(-cmd.Process.Pid, sig)
+	}
+}
+
 func (d *Dovecot) halt(kill bool) {
 	d.mu.Lock()
 	cmd, exited := d.cmd, d.exited
