@@ -80,6 +80,8 @@ func TestBackendErrors(t *testing.T) {
 		{"[backend]\ncheck_timeout = \"0s\"\n", "backend.check_timeout: must be a positive duration"},
 		{"[backend]\nfall = 0\n", "backend.fall: must be positive"},
 		{"[backend]\nrise = -1\n", "backend.rise: must be positive"},
+		{"[backend]\nwarm_connections = -1\n", "backend.warm_connections: must be between 0 and 64, got -1"},
+		{"[backend]\nwarm_connections = 65\n", "backend.warm_connections: must be between 0 and 64, got 65"},
 		{"[backend]\naffinity = \"-1m\"\n", "negative duration"},
 	}
 	// Lines count from the file's start: minimal is 9 lines.

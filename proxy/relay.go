@@ -214,11 +214,7 @@ func (s *session) startRelay(bc *backendConn) {
 	// gateway did, for the pool): "backend" after a LOGOUT (the server closes
 	// first), "client" when the app drops the connection.
 	finish := func(side string) {
-		s.mu.Lock()
-		if s.endedBy == "" {
-			s.endedBy = side
-		}
-		s.mu.Unlock()
+		s.noteEndedBy(side)
 		if left.Add(-1) == 0 {
 			s.relayEnded(backend)
 		}
@@ -235,6 +231,16 @@ func (s *session) startRelay(bc *backendConn) {
 	} else {
 		down.start()
 	}
+}
+
+// noteEndedBy names side as the one that ended the session, unless one was
+// named already.
+func (s *session) noteEndedBy(side string) {
+	s.mu.Lock()
+	if s.endedBy == "" {
+		s.endedBy = side
+	}
+	s.mu.Unlock()
 }
 
 // canPark reports whether the relay's waits all run in readTLS or readPlain,
@@ -363,6 +369,10 @@ func (r *relay) copy() (parked bool) {
 		if err == errParked {
 			return true
 		}
+		// This side's peer ended the session, whatever the other direction
+		// does next: name it before passing the end on, or the other
+		// direction, woken by that, may finish first (seen under load).
+		r.s.noteEndedBy(r.side)
 		if errors.Is(err, io.EOF) {
 			// Pass the half-close on, and give the other direction a moment to
 			// deliver what is in flight: then both sides close, so a peer that
