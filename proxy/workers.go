@@ -13,8 +13,9 @@ const workerIdle = 500 * time.Millisecond
 // already. Waiting workers are few (those that finished within workerIdle and
 // found no new session) and end after workerIdle or at shutdown, so idle
 // sessions pay nothing for them: a logged-in session keeps its worker only
-// while its backend's direction runs (see startRelay), until it ends or parks
-// after a quiet second.
+// while its backend's direction runs (see startRelay), and a second one while
+// its client's does (relay.start), until it ends or parks after a quiet
+// second.
 func (s *Server) spawn(f func()) {
 	select {
 	case s.work <- f:
