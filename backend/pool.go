@@ -167,6 +167,8 @@ func (p *Pool) retire(servers []*Server) []string {
 		st.removed = true
 		delete(p.states, name)
 		p.m.up.DeleteLabelValues(name)
+		p.m.warmReady.DeleteLabelValues(name)
+		p.m.warm.DeletePartialMatch(prometheus.Labels{"backend": name})
 		if len(st.sessions) == 0 {
 			p.m.sessions.DeleteLabelValues(name)
 		}

@@ -120,7 +120,11 @@ func (s *session) backendLogin(ctx context.Context, c creds) loginResult {
 		res.bc = bc
 		return res
 	}
-	return loginResult{outcome: outcomeUnavailable, err: errors.Join(errs...)}
+	err := errors.Join(errs...)
+	if err == nil {
+		err = ctx.Err() // shut down before any server was tried
+	}
+	return loginResult{outcome: outcomeUnavailable, err: err}
 }
 
 // dialRoute returns a connection to the first server of order, from index
