@@ -64,8 +64,9 @@ func newWarmSet(b *conf.Backend, clientIP string) *warmSet {
 // TakeWarm returns one of s's warm connections, greeted and with its
 // pre-login capabilities, with no deadline set; nil when none is ready, and
 // the login dials. The connection may still have died since the check made
-// here (the proxy treats one that never answers as a failed dial). Every call
-// tops the set up when logins come often enough.
+// here: the proxy dials afresh when it finds it closed, and treats one that
+// never answers as a server that never greets. Every call tops the set up
+// when logins come often enough.
 func (p *Pool) TakeWarm(s *Server) *Conn {
 	w := s.warm
 	if w == nil {
@@ -102,8 +103,8 @@ type dropped struct {
 
 // warmCheckAge: a warm connection younger than this is used without looking
 // at its socket first (a syscall per login). A server rarely closes a
-// connection within a second of greeting, and the proxy treats one that did
-// as a failed dial.
+// connection within a second of greeting, and when the login finds one
+// closed, the proxy dials that server afresh.
 const warmCheckAge = time.Second
 
 // take pops the oldest live connection, returning the ones found expired or
@@ -114,7 +115,9 @@ func (w *warmSet) take(now time.Time) (c *Conn, drop []dropped, fill bool) {
 	defer w.mu.Unlock()
 	for c == nil && len(w.idle) > 0 {
 		wc := w.idle[0]
-		w.idle = append(w.idle[:0], w.idle[1:]...)
+		copy(w.idle, w.idle[1:])
+		w.idle[len(w.idle)-1] = warmConn{} // no closed connection kept reachable
+		w.idle = w.idle[:len(w.idle)-1]
 		age := now.Sub(wc.at)
 		switch {
 		case age > warmMaxAge:
