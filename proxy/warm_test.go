@@ -22,28 +22,6 @@ func warmReady(t *testing.T, g *gateway, server string, n float64) {
 	}
 }
 
-// loginFrom logs bob in from the address from and returns how long the OK took.
-func loginFrom(t *testing.T, g *gateway, from string) time.Duration {
-	return loginAs(t, g, from, "bob")
-}
-
-// loginAs logs user in from the address from, and out, and returns how long
-// the OK took.
-func loginAs(t *testing.T, g *gateway, from, user string) time.Duration {
-	t.Helper()
-	c := dialRawFrom(t, from, g.implicit, g.clientTLS())
-	greeting(t, c)
-	start := time.Now()
-	c.send("a LOGIN " + user + " " + quote(testPasswords[user]) + "\r\n")
-	if l, _ := c.expect("a "); !strings.HasPrefix(l, "a OK") {
-		t.Fatalf("login from %s: %q", from, l)
-	}
-	took := time.Since(start)
-	c.send("z LOGOUT\r\n")
-	c.until("z OK")
-	return took
-}
-
 // TestWarmDovecot: against a stock Dovecot, logins that follow each other
 // make the gateway keep warm connections; a login on one is Dovecot's login
 // of the client's own address (the ID goes with the credentials), and the
@@ -54,10 +32,10 @@ func TestWarmDovecot(t *testing.T) {
 	if w := g.cfg.Backend.WarmConnections; w != 2 {
 		t.Fatalf("default warm_connections = %d, want 2", w)
 	}
-	loginFrom(t, g, "127.0.0.21")
-	loginFrom(t, g, "127.0.0.22")
+	loginTime(t, g, "127.0.0.21", "bob")
+	loginTime(t, g, "127.0.0.22", "bob")
 	warmReady(t, g, d.Addr, 2)
-	loginFrom(t, g, "127.0.0.23")
+	loginTime(t, g, "127.0.0.23", "bob")
 	if hits := counterValue(t, g.reg, "imapgw_backend_warm_total", "outcome", "hit"); hits != 1 {
 		t.Errorf("warm hits = %v after three logins, want 1", hits)
 	}
@@ -82,12 +60,12 @@ func TestWarmHungServer(t *testing.T) {
 		c.Backend.CheckInterval, c.Backend.CheckTimeout = conf.D(200*time.Millisecond), conf.D(500*time.Millisecond)
 	})
 	g.runChecks(t)
-	loginFrom(t, g, "127.0.0.31")
-	loginFrom(t, g, "127.0.0.32")
+	loginTime(t, g, "127.0.0.31", "bob")
+	loginTime(t, g, "127.0.0.32", "bob")
 	warmReady(t, g, d1.Addr, 2)
 
 	d1.Freeze()
-	took := loginFrom(t, g, "127.0.0.33")
+	took := loginTime(t, g, "127.0.0.33", "bob")
 	if took < connect || took > connect+2*time.Second {
 		t.Errorf("login with the first server frozen took %v, want connect_timeout (%v) and a little", took, connect)
 	}
@@ -108,7 +86,7 @@ func TestWarmHungServer(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	loginAs(t, g, "127.0.0.34", "alice") // bob is pinned to the second server now
+	loginTime(t, g, "127.0.0.34", "alice") // bob is pinned to the second server now
 	if line := d1.WaitLog(t, "rip=127.0.0.34", 5*time.Second); !strings.Contains(line, "user=<alice>") {
 		t.Errorf("the thawed server's line %q, want alice's login from 127.0.0.34", line)
 	}
@@ -121,12 +99,12 @@ func TestWarmHungServer(t *testing.T) {
 func TestWarmServerRestart(t *testing.T) {
 	d := startDovecot(t)
 	g := startGateway(t, d.Addr, nil)
-	loginFrom(t, g, "127.0.0.41")
-	loginFrom(t, g, "127.0.0.42")
+	loginTime(t, g, "127.0.0.41", "bob")
+	loginTime(t, g, "127.0.0.42", "bob")
 	warmReady(t, g, d.Addr, 2)
 	d.Stop()
 	d.Start()
-	loginFrom(t, g, "127.0.0.43")
+	loginTime(t, g, "127.0.0.43", "bob")
 	if line := d.WaitLog(t, "rip=127.0.0.43", 5*time.Second); !strings.Contains(line, "user=<bob>") {
 		t.Errorf("after the restart, Dovecot's line %q, want bob's login from 127.0.0.43", line)
 	}
@@ -152,8 +130,8 @@ func TestMeasureWarmDovecot(t *testing.T) {
 	var coldTimes, warmTimes []time.Duration
 	for i := range rounds {
 		from := fmt.Sprintf("127.0.5.%d", 1+i%200)
-		coldTimes = append(coldTimes, loginFrom(t, cold, from))
-		warmTimes = append(warmTimes, loginFrom(t, warm, from))
+		coldTimes = append(coldTimes, loginTime(t, cold, from, "bob"))
+		warmTimes = append(warmTimes, loginTime(t, warm, from, "bob"))
 	}
 	hits := counterValue(t, warm.reg, "imapgw_backend_warm_total", "outcome", "hit")
 	if hits < rounds/2 {
