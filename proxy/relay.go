@@ -379,11 +379,12 @@ func (r *relay) copy() (parked bool) {
 		if err == errParked {
 			return true
 		}
-		// This side's peer ended the session, whatever the other direction
-		// does next: name it before passing the end on, or the other
-		// direction, woken by that, may finish first (seen under load).
-		r.s.noteEndedBy(r.side)
 		if errors.Is(err, io.EOF) {
+			// This side's peer closed: name it before passing the close
+			// on, or the other direction, woken by that, may finish first
+			// and be named instead (seen under load). Other errors may be
+			// the other side's (a failed write), so finish names those.
+			r.s.noteEndedBy(r.side)
 			// Pass the half-close on, and give the other direction a moment to
 			// deliver what is in flight: then both sides close, so a peer that
 			// never closes its end cannot hold the session for idle_timeout.
