@@ -7,7 +7,5 @@ import "errors"
 // Without MSG_PEEK the relay reads with a buffer held while it waits.
 const canPeek = false
 
-func peekReady(uintptr) (bool, error) { return true, nil }
-
 // readFD is never called without canPeek (rawConn returns no RawConn).
 func readFD(uintptr, []byte) (int, error) { return 0, errors.ErrUnsupported }

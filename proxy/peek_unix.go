@@ -2,25 +2,12 @@
 
 package proxy
 
-import "golang.org/x/sys/unix"
+import (
+	"github.com/imapgw/imapgw/internal/sockpeek"
+	"golang.org/x/sys/unix"
+)
 
-const canPeek = true
-
-// peekReady reports whether the socket has data (or an EOF or error) to read,
-// without taking it: the caller reads afterwards into a pooled buffer.
-func peekReady(fd uintptr) (bool, error) {
-	var b [1]byte
-	for {
-		_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		switch err {
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			return false, nil
-		}
-		return true, nil // data, EOF, or an error the Read will report
-	}
-}
+const canPeek = sockpeek.Supported
 
 // readFD reads from a non-blocking socket; EAGAIN means no data yet.
 func readFD(fd uintptr, b []byte) (int, error) {

@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/imapgw/imapgw/internal/sockpeek"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -631,16 +632,7 @@ func (r *relay) waitReadable() error {
 	if r.raw == nil || r.pending() > 0 {
 		return nil
 	}
-	var perr error
-	err := r.raw.Read(func(fd uintptr) bool {
-		ready, err := peekReady(fd)
-		perr = err
-		return ready
-	})
-	if err != nil {
-		return err
-	}
-	return perr
+	return r.raw.Read(sockpeek.Ready)
 }
 
 func closeWrite(c net.Conn) {
