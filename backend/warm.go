@@ -98,7 +98,7 @@ func (p *Pool) TakeWarm(s *Server) *Conn {
 // dropped is a warm connection closed unused, and why (a metric label).
 type dropped struct {
 	c   *Conn
-	why string // "expired" or "stale"
+	why string // "expired", "stale" or "unused"
 }
 
 // warmCheckAge: a warm connection younger than this is used without looking
