@@ -137,22 +137,18 @@ func (b *bench) probe(p peer, t *loadgen.Target) error {
 // while slices of a second see the same machine.
 func (b *bench) logins(order []peer, targets map[peer]*loadgen.Target, clients, round int) {
 	key := fmt.Sprintf("login%d", clients)
-	n := max(b.opt.slices, 1)
 	st := make([]loadgen.Stats, len(order))
 	cpu := make([]cpuSpent, len(order))
 	var stops []func()
 	for _, p := range order {
 		stops = append(stops, b.perf(p, fmt.Sprintf("r%d-%s", round, key)))
 	}
-	for i := range n {
-		for j := range order {
-			k := (i + j) % len(order)
-			r0 := readCPU(order[k])
-			s := loadgen.Loop(clients, b.opt.dur/time.Duration(n), targets[order[k]].LoginCycle)
-			cpu[k].add(r0, readCPU(order[k]))
-			st[k].Add(s)
-		}
-	}
+	b.alternate(len(order), func(k int, d time.Duration) {
+		r0 := readCPU(order[k])
+		s := loadgen.Loop(clients, d, targets[order[k]].LoginCycle)
+		cpu[k].add(r0, readCPU(order[k]))
+		st[k].Add(s)
+	})
 	for _, stop := range stops {
 		stop()
 	}
@@ -161,6 +157,18 @@ func (b *bench) logins(order []peer, targets map[peer]*loadgen.Target, clients, 
 		b.recordLogins(p.name(), key, st[k], cpu[k].proxy, round)
 		if st[k].Ops > 0 {
 			b.res.add(p.name(), key+".ctx", float64(cpu[k].ctx)/float64(st[k].Ops))
+		}
+	}
+}
+
+// alternate splits -duration into -slices slices and runs measure for each of
+// count contenders in every slice, for duration/slices; who goes first
+// rotates from slice to slice.
+func (b *bench) alternate(count int, measure func(k int, d time.Duration)) {
+	n := max(b.opt.slices, 1)
+	for i := range n {
+		for j := range count {
+			measure((i+j)%count, b.opt.dur/time.Duration(n))
 		}
 	}
 }

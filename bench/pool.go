@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/imapgw/imapgw/bench/backend"
 	"github.com/imapgw/imapgw/bench/loadgen"
@@ -83,19 +84,41 @@ func (b *bench) poolRound(order []*imapgwPeer, keys map[*imapgwPeer]string, user
 		targets[g] = t
 		loadgen.Loop(poolClients, b.opt.warmup, t.LoginCycle)
 	}
+	// In slices, like the login comparison: the ratio is the measurement,
+	// and runs seconds apart saw different machines (rounds of 0.89 to 1.13).
+	st := make([]loadgen.Stats, len(order))
+	cpu := make([]cpuSpent, len(order))
+	served := make([]int64, len(three)) // pool3's logins per server
+	var stops []func()
 	for _, g := range order {
+		stops = append(stops, b.perf(g, fmt.Sprintf("r%d-%s", round, keys[g])))
+	}
+	b.alternate(len(order), func(k int, d time.Duration) {
+		g := order[k]
 		before := make([]int64, len(three))
 		for i, s := range three {
 			before[i] = s.Logins()
 		}
-		var st loadgen.Stats
-		cpu := b.withCPU(g, fmt.Sprintf("r%d-%s", round, keys[g]), func() { st = loadgen.Loop(poolClients, b.opt.dur, targets[g].LoginCycle) })
-		b.recordLogins(nameImapgw, keys[g], st, cpu, round)
+		r0 := readCPU(g)
+		s := loadgen.Loop(poolClients, d, targets[g].LoginCycle)
+		cpu[k].add(r0, readCPU(g))
+		st[k].Add(s)
+		if keys[g] == "pool3" {
+			for i, s := range three {
+				served[i] += s.Logins() - before[i]
+			}
+		}
+	})
+	for _, stop := range stops {
+		stop()
+	}
+	for k, g := range order {
+		b.logCPU(g, keys[g], cpu[k])
+		b.recordLogins(nameImapgw, keys[g], st[k], cpu[k].proxy, round)
 		if keys[g] == "pool3" {
 			var spread []string
-			for i, s := range three {
-				n := s.Logins() - before[i]
-				b.res.add(nameImapgw, fmt.Sprintf("pool3.share%d", i+1), 100*float64(n)/float64(max(st.Ops, 1)))
+			for i, n := range served {
+				b.res.add(nameImapgw, fmt.Sprintf("pool3.share%d", i+1), 100*float64(n)/float64(max(st[k].Ops, 1)))
 				spread = append(spread, fmt.Sprint(n))
 			}
 			b.logf("imapgw   round %d pool3    logins per server: %s", round, strings.Join(spread, " / "))
@@ -117,8 +140,8 @@ func poolTable(r *results, opt options) string {
 		return "Not measured.\n"
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "Two imapgw instances side by side, started afresh each round, measured one after the\n")
-	fmt.Fprintf(&b, "other in alternating order (%d round(s) of %v each, %d clients, login cycle as above:\n", opt.rounds, opt.dur, poolClients)
+	fmt.Fprintf(&b, "Two imapgw instances side by side, started afresh each round, taking turns in %d slices\n", max(opt.slices, 1))
+	fmt.Fprintf(&b, "of %v (who goes first alternates; %d round(s) of %v each, %d clients, login cycle as above:\n", opt.dur/time.Duration(max(opt.slices, 1)), opt.rounds, opt.dur, poolClients)
 	fmt.Fprintf(&b, "connect, TLS handshake, greeting, LOGIN, LOGOUT). Both use the `[[backend.server]]` long\n")
 	fmt.Fprintf(&b, "form with `route = \"user\"`; one lists three servers, the other one. Each server is an\n")
 	fmt.Fprintf(&b, "instance of the bench's in-process backend. The clients log in as %d distinct users in\n", poolUsers)
