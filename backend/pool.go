@@ -79,6 +79,12 @@ type serverState struct {
 	lastErr       string
 	caps          []string
 	sessions      map[*session]struct{}
+
+	// Children every login touches, resolved when the state is made: see
+	// install. A state removed by a reload keeps them; the series of a
+	// removed state is deleted once its last session ends.
+	gauge    prometheus.Gauge   // imapgw_backend_sessions{backend=name}
+	loginsOK prometheus.Counter // imapgw_backend_logins_total{backend=name, outcome="ok"}
 }
 
 // New builds the pool from cfg (either form of the server list) and loads the
@@ -186,10 +192,10 @@ func (p *Pool) install(servers []*Server) (added []string) {
 	for _, s := range servers {
 		st := p.states[s.Name]
 		if st == nil {
-			st = &serverState{name: s.Name, address: s.Address, up: true, sessions: map[*session]struct{}{}}
+			st = &serverState{name: s.Name, address: s.Address, up: true, sessions: map[*session]struct{}{},
+				gauge: p.m.sessions.WithLabelValues(s.Name), loginsOK: p.m.logins.WithLabelValues(s.Name, outcomeOK)}
 			p.states[s.Name] = st
 			p.m.up.WithLabelValues(s.Name).Set(1)
-			p.m.sessions.WithLabelValues(s.Name).Add(0)
 			added = append(added, s.Name)
 		}
 		s.state = st
@@ -207,8 +213,15 @@ func (p *Pool) install(servers []*Server) (added []string) {
 // usable: new logins may go there. Callers hold p.mu.
 func (s *Server) usable() bool { return s.state.up && !s.state.draining }
 
+// outcomeOK is the outcome proxy reports for a login that succeeded.
+const outcomeOK = "ok"
+
 // CountLogin counts a login on s by outcome (imapgw_backend_logins_total).
 func (p *Pool) CountLogin(s *Server, outcome string) {
+	if outcome == outcomeOK {
+		s.state.loginsOK.Inc()
+		return
+	}
 	p.m.logins.WithLabelValues(s.Name, outcome).Inc()
 }
 

@@ -50,7 +50,7 @@ func (p *Pool) SessionStarted(user string, s *Server, closeFn func(reason string
 	u.sessions[sess] = struct{}{}
 	u.pin, u.moved = s.Name, false
 	sess.state.sessions[sess] = struct{}{}
-	p.m.sessions.WithLabelValues(s.Name).Inc() // under p.mu: a reload may delete the series
+	sess.state.gauge.Inc() // under p.mu: a reload may delete the series
 	p.mu.Unlock()
 	if p.shares() {
 		p.markDirty(sess.key, s.Name)
@@ -78,7 +78,7 @@ func (p *Pool) endSession(sess *session) {
 		p.m.sessions.DeleteLabelValues(st.name)
 		return
 	}
-	p.m.sessions.WithLabelValues(st.name).Dec()
+	st.gauge.Dec()
 }
 
 // closeAll calls the closeFn of sessions not closing yet, outside p.mu: a

@@ -13,6 +13,7 @@ import (
 	"github.com/imapgw/imapgw/conf"
 	"github.com/imapgw/imapgw/limiter"
 	proxyproto "github.com/pires/go-proxyproto"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // keepAlive finds clients that vanished without a FIN (a phone leaving
@@ -20,9 +21,10 @@ import (
 var keepAlive = net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 15 * time.Second, Count: 9}
 
 type listener struct {
-	ln  net.Listener
-	srv *Server
-	cfg atomic.Pointer[conf.Listen]
+	ln       net.Listener
+	srv      *Server
+	cfg      atomic.Pointer[conf.Listen]
+	accepted prometheus.Counter // imapgw_connections_total{listener=its address, outcome="accepted"}
 }
 
 func (l *listener) serve() {
@@ -93,7 +95,7 @@ func (l *listener) start(raw, c net.Conn, client netip.AddrPort, release func())
 		tc.SetKeepAliveConfig(keepAlive)
 	}
 	lc := l.cfg.Load()
-	l.srv.m.connections.WithLabelValues(lc.Address, "accepted").Inc()
+	l.accepted.Inc()
 	ss := newSession(l.srv, lc, raw, c, client, release)
 	if !l.srv.track(ss) {
 		raw.Close()

@@ -174,7 +174,7 @@ func (s *session) logAuth(c creds, backend, outcome, reason string, start time.T
 // countAuth counts one auth decision in the metrics; logAuth calls it, and so
 // do refusals that are logged only in summary.
 func (s *session) countAuth(outcome string, start time.Time) {
-	s.srv.m.logins.WithLabelValues(outcome).Inc()
+	s.srv.m.login(outcome)
 	s.srv.m.loginSeconds.Observe(time.Since(start).Seconds())
 }
 

@@ -16,6 +16,12 @@ type metrics struct {
 	panics       prometheus.Counter
 	toBackend    prometheus.Counter // relayBytes' children, resolved once
 	toClient     prometheus.Counter
+
+	// Children every login touches, resolved once: WithLabelValues hashes
+	// its labels and takes the vector's lock on each call, ten calls a login
+	// (issue 16).
+	preauth, relaying prometheus.Gauge
+	loginsBy          map[string]prometheus.Counter // by outcome; read-only after newMetrics
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -46,11 +52,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	m.toBackend = m.relayBytes.WithLabelValues("client_to_backend")
 	m.toClient = m.relayBytes.WithLabelValues("backend_to_client")
-	for _, st := range []string{statePreauth, stateRelaying} {
-		m.sessions.WithLabelValues(st)
-	}
+	m.preauth = m.sessions.WithLabelValues(statePreauth)
+	m.relaying = m.sessions.WithLabelValues(stateRelaying)
+	m.loginsBy = map[string]prometheus.Counter{}
 	for _, o := range []string{outcomeOK, outcomeFailed, outcomeRejected, outcomeRefused, outcomeUnavailable, outcomeTimeout} {
-		m.logins.WithLabelValues(o)
+		m.loginsBy[o] = m.logins.WithLabelValues(o)
 	}
 	// The parker is the process's (park_linux.go): one gateway per process.
 	parked := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -60,6 +66,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		reg.MustRegister(m.connections, m.sessions, m.logins, m.relayBytes, m.dial, m.loginSeconds, m.panics, parked)
 	}
 	return m
+}
+
+// login counts one login attempt with outcome.
+func (m *metrics) login(outcome string) {
+	if c, ok := m.loginsBy[outcome]; ok {
+		c.Inc()
+		return
+	}
+	m.logins.WithLabelValues(outcome).Inc()
 }
 
 func counterValue(c prometheus.Counter) float64 {

@@ -89,6 +89,13 @@ func unwatchRelay(r *relay) {
 // the socket could not be added (r waits on its goroutine as before), or the
 // error of a socket closed meanwhile (r's read fails, as it would have).
 func parkRelay(r *relay) error {
+	if r.keepAlive {
+		// The session outlived its login by a quiet second: from now on
+		// keep-alive watches the backend (see relay.keepAlive). A failure
+		// leaves the socket as it was; the idle timeout still ends it.
+		r.keepAlive = false
+		setKeepAlive(r.raw)
+	}
 	p := &parks
 	p.mu.Lock()
 	p.next++

@@ -8,9 +8,13 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"fmt"
 	"io"
 	"net"
+	"net/netip"
+	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -362,6 +366,59 @@ func TestRelayOnSessionGoroutine(t *testing.T) {
 		goroutinesWith(frameWorker, frameBackendToClient)+goroutinesWith(frameWorker, frameClientToBackend); n != w {
 		t.Errorf("%d goroutines run a direction, %d of them workers: want all on workers", n, w)
 	}
+}
+
+// TestBackendKeepAliveWhenQuiet: the gateway dials the backend without TCP
+// keep-alive and sets it when the session's backend direction first parks:
+// a login that is over within a second makes no setsockopt for it, and a
+// session that stays has keep-alive watching the backend while it is quiet.
+// The kernel shows it: /proc/net/tcp reports an armed keep-alive timer.
+func TestBackendKeepAliveWhenQuiet(t *testing.T) {
+	b := startScripted(t)
+	g := startGateway(t, b.ln.Addr().String(), nil)
+	tc, _, be := relayed(t, g, b)
+	// The gateway's socket to the backend is be's peer.
+	gw, backend := be.RemoteAddr().String(), be.LocalAddr().String()
+	if timer := tcpTimer(t, gw, backend); timer == timerKeepAlive {
+		t.Errorf("the gateway's backend socket has keep-alive right after the login, want it only once the session is quiet")
+	}
+	waitParked(t, 2)
+	if timer := tcpTimer(t, gw, backend); timer != timerKeepAlive {
+		t.Errorf("the gateway's backend socket of a parked session has timer %d, want keep-alive (%d)", timer, timerKeepAlive)
+	}
+	exchange(t, tc, be, 1000) // and the session still relays
+}
+
+// timerKeepAlive is /proc/net/tcp's timer_active for a pending keep-alive
+// timer (the socket's sk_timer; 1 is a retransmit, 4 a zero-window probe).
+const timerKeepAlive = 2
+
+// tcpTimer returns the timer_active of the IPv4 socket from local to remote
+// ("127.0.0.1:port" both), as /proc/net/tcp reports it.
+func tcpTimer(t *testing.T, local, remote string) int {
+	t.Helper()
+	hex := func(a string) string {
+		ap := netip.MustParseAddrPort(a)
+		ip := ap.Addr().As4()
+		return fmt.Sprintf("%02X%02X%02X%02X:%04X", ip[3], ip[2], ip[1], ip[0], ap.Port())
+	}
+	l, r := hex(local), hex(remote)
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 5 && f[1] == l && f[2] == r {
+			timer, err := strconv.ParseInt(strings.SplitN(f[5], ":", 2)[0], 16, 0)
+			if err != nil {
+				t.Fatalf("/proc/net/tcp: %q: %v", line, err)
+			}
+			return int(timer)
+		}
+	}
+	t.Fatalf("no socket from %s to %s in /proc/net/tcp", local, remote)
+	return 0
 }
 
 // TestRelayUnparkableOwnGoroutine: a direction that cannot park (a TLS

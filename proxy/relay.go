@@ -175,6 +175,15 @@ type relay struct {
 	deadline atomic.Int64 // src's read deadline as the relay set it, in monoNanos; 0: none yet
 	parkTok  uint64       // the epoll token while parked, 0 otherwise (parker.mu)
 	quiet    int          // the parker's sweeps in a row that found the relay quiet (parker.mu)
+
+	// keepAlive: src is the backend's socket, dialed without TCP keep-alive
+	// (backend.Dial), which the direction sets when it first parks. A login
+	// that ends within a second, as most do for a mail app that checks and
+	// leaves, then makes none of its four setsockopt calls (issue 16, about
+	// 1 % of the gateway's CPU per login); a session that stays gets
+	// keep-alive once it goes quiet, which is when it matters. HAProxy and
+	// nginx set none on their server side by default.
+	keepAlive bool
 }
 
 // startRelay forwards what either side sent ahead, then starts the two copy
@@ -201,8 +210,8 @@ func (s *session) startRelay(bc *backendConn) {
 	s.sendAhead(s.conn, backAhead, &s.bytesOut, s.srv.m.toClient)
 	backend.SetDeadline(time.Time{})
 	s.conn.SetDeadline(time.Time{})
-	s.srv.m.sessions.WithLabelValues(statePreauth).Dec()
-	s.srv.m.sessions.WithLabelValues(stateRelaying).Inc()
+	s.srv.m.preauth.Dec()
+	s.srv.m.relaying.Inc()
 	s.srv.sessionStarted()
 
 	var left atomic.Int32
@@ -223,6 +232,11 @@ func (s *session) startRelay(bc *backendConn) {
 	up.finish, down.finish = finish, finish
 	up.parkable = up.canPark() && watchRelay(up)
 	down.parkable = down.canPark() && watchRelay(down)
+	if down.parkable {
+		down.keepAlive = true
+	} else {
+		backendKeepAlive(backend)
+	}
 	s.mu.Lock()
 	s.relays = [2]*relay{up, down}
 	s.mu.Unlock()
@@ -231,6 +245,17 @@ func (s *session) startRelay(bc *backendConn) {
 		s.inline = down
 	} else {
 		down.start()
+	}
+}
+
+// backendKeepAlive sets keepAlive on the backend connection c (TCP, maybe
+// under TLS) now, for a relay direction that cannot park.
+func backendKeepAlive(c net.Conn) {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetKeepAliveConfig(keepAlive)
 	}
 }
 
@@ -293,7 +318,7 @@ func (s *session) relayEnded(backend net.Conn) {
 		s.grace.Stop()
 	}
 	s.mu.Unlock()
-	s.srv.m.sessions.WithLabelValues(stateRelaying).Dec()
+	s.srv.m.relaying.Dec()
 	args := []any{"user", sanitize(s.user, 256), "backend", s.backend, "bytes_in", s.bytesIn.Load(), "bytes_out", s.bytesOut.Load(),
 		"duration", time.Since(s.since).Round(time.Millisecond)}
 	s.mu.Lock()

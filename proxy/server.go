@@ -208,7 +208,8 @@ func (s *Server) syncListeners(want []conf.Listen) error {
 			}
 			return fmt.Errorf("listening on %s: %w", lc.Address, err)
 		}
-		l := &listener{ln: ln, srv: s}
+		// A listener keeps its address for life (reloads key them by it).
+		l := &listener{ln: ln, srv: s, accepted: s.m.connections.WithLabelValues(lc.Address, "accepted")}
 		l.cfg.Store(&lc)
 		opened = append(opened, l)
 	}
@@ -238,6 +239,14 @@ func (s *Server) Shutdown(ctx context.Context) {
 	}
 	s.mu.Unlock()
 	s.cancel() // pre-auth sessions see this and say BYE
+	// After cancel: a session that checks ctx before its next read sees it
+	// cancelled; one already reading is woken here. No session is tracked
+	// after closing is set.
+	s.mu.Lock()
+	for ss := range s.sessions {
+		ss.interrupt()
+	}
+	s.mu.Unlock()
 	if s.ownPool {
 		s.pool.Close() // its warm connections; a wired-in pool is closed by its Run
 	}
