@@ -177,12 +177,12 @@ type relay struct {
 	quiet    int          // the parker's sweeps in a row that found the relay quiet (parker.mu)
 
 	// keepAlive: src is the backend's socket, dialed without TCP keep-alive
-	// (backend.Dial), which the direction sets when it first parks. A login
-	// that ends within a second, as most do for a mail app that checks and
-	// leaves, then makes none of its four setsockopt calls (issue 16, about
-	// 1 % of the gateway's CPU per login); a session that stays gets
-	// keep-alive once it goes quiet, which is when it matters. HAProxy and
-	// nginx set none on their server side by default.
+	// (backend.Dial), which the direction sets when it first parks. A
+	// session over within a second (a quick check for new mail, a LOGOUT
+	// right after the login) then makes none of its four setsockopt calls
+	// (issue 16, about 1 % of the gateway's CPU per login); a session that
+	// stays gets keep-alive once it goes quiet, which is when it matters.
+	// HAProxy and nginx set none on their server side by default.
 	keepAlive bool
 }
 
