@@ -397,28 +397,61 @@ const timerKeepAlive = 2
 // ("127.0.0.1:port" both), as /proc/net/tcp reports it.
 func tcpTimer(t *testing.T, local, remote string) int {
 	t.Helper()
-	hex := func(a string) string {
-		ap := netip.MustParseAddrPort(a)
-		ip := ap.Addr().As4()
-		return fmt.Sprintf("%02X%02X%02X%02X:%04X", ip[3], ip[2], ip[1], ip[0], ap.Port())
-	}
-	l, r := hex(local), hex(remote)
-	b, err := os.ReadFile("/proc/net/tcp")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 5 && f[1] == l && f[2] == r {
-			timer, err := strconv.ParseInt(strings.SplitN(f[5], ":", 2)[0], 16, 0)
-			if err != nil {
-				t.Fatalf("/proc/net/tcp: %q: %v", line, err)
-			}
-			return int(timer)
+	l, r := procAddr(local), procAddr(remote)
+	for _, so := range tcpSockets(t) {
+		if so.local == l && so.remote == r {
+			return so.timer
 		}
 	}
 	t.Fatalf("no socket from %s to %s in /proc/net/tcp", local, remote)
 	return 0
+}
+
+// keepAliveTo counts the established IPv4 sockets to remote whose
+// keep-alive timer is armed.
+func keepAliveTo(t *testing.T, remote string) int {
+	t.Helper()
+	r, n := procAddr(remote), 0
+	for _, so := range tcpSockets(t) {
+		if so.remote == r && so.state == "01" && so.timer == timerKeepAlive {
+			n++
+		}
+	}
+	return n
+}
+
+// procAddr spells "127.0.0.1:port" as /proc/net/tcp does.
+func procAddr(a string) string {
+	ap := netip.MustParseAddrPort(a)
+	ip := ap.Addr().As4()
+	return fmt.Sprintf("%02X%02X%02X%02X:%04X", ip[3], ip[2], ip[1], ip[0], ap.Port())
+}
+
+type tcpSocket struct {
+	local, remote, state string
+	timer                int
+}
+
+// tcpSockets reads /proc/net/tcp.
+func tcpSockets(t *testing.T) []tcpSocket {
+	t.Helper()
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []tcpSocket
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) < 6 {
+			continue
+		}
+		timer, err := strconv.ParseInt(strings.SplitN(f[5], ":", 2)[0], 16, 0)
+		if err != nil {
+			t.Fatalf("/proc/net/tcp: %q: %v", line, err)
+		}
+		out = append(out, tcpSocket{local: f[1], remote: f[2], state: f[3], timer: int(timer)})
+	}
+	return out
 }
 
 // TestRelayUnparkableOwnGoroutine: a direction that cannot park (a TLS
@@ -456,5 +489,11 @@ func TestRelayUnparkableOwnGoroutine(t *testing.T) {
 	io.WriteString(tc, "b NOOP\r\n")
 	if line, err := br.ReadString('\n'); err != nil || !strings.HasPrefix(line, "b OK") {
 		t.Fatalf("NOOP through the relay: %q, %v", line, err)
+	}
+	// A direction that cannot park never gets to set keep-alive at its
+	// park: the relay sets it at once. Of the gateway's sockets to the
+	// backend, the warm ones have none; the relayed one has it.
+	if n := keepAliveTo(t, e.TLSAddr); n != 1 {
+		t.Errorf("%d established sockets to the TLS backend have keep-alive, want 1 (the relayed session's)", n)
 	}
 }
