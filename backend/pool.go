@@ -218,6 +218,7 @@ const outcomeOK = "ok"
 
 // CountLogin counts a login on s by outcome (imapgw_backend_logins_total).
 func (p *Pool) CountLogin(s *Server, outcome string) {
+	// No p.mu: s.state is set once, before install publishes s.
 	if outcome == outcomeOK {
 		s.state.loginsOK.Inc()
 		return

@@ -15,11 +15,6 @@ const inheritsKeepAlive = true
 
 // listenKeepAlive sets keepAlive on a listening socket.
 func listenKeepAlive(_, _ string, c syscall.RawConn) error {
-	return setKeepAlive(c)
-}
-
-// setKeepAlive sets keepAlive on c's socket.
-func setKeepAlive(c syscall.RawConn) error {
 	var serr error
 	err := c.Control(func(fd uintptr) {
 		for _, o := range []struct{ level, opt, v int }{

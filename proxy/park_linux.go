@@ -94,7 +94,7 @@ func parkRelay(r *relay) error {
 		// keep-alive watches the backend (see relay.keepAlive). A failure
 		// leaves the socket as it was; the idle timeout still ends it.
 		r.keepAlive = false
-		setKeepAlive(r.raw)
+		backendKeepAlive(r.src)
 	}
 	p := &parks
 	p.mu.Lock()

@@ -249,7 +249,8 @@ func (s *session) startRelay(bc *backendConn) {
 }
 
 // backendKeepAlive sets keepAlive on the backend connection c (TCP, maybe
-// under TLS) now, for a relay direction that cannot park.
+// under TLS): when its relay direction first parks, or at once for one that
+// cannot park.
 func backendKeepAlive(c net.Conn) {
 	if tc, ok := c.(*tls.Conn); ok {
 		c = tc.NetConn()
