@@ -51,9 +51,10 @@ func (s *Server) DialFrom(ctx context.Context, client, local netip.AddrPort) (*C
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, s.ConnectTimeout)
 	defer cancel()
-	// No TCP keep-alive: most connections live for one short login, and
-	// the caller sets it on one that stays (package proxy, once a relayed
-	// session goes quiet): four setsockopt calls fewer per login.
+	// No TCP keep-alive: a health check, or a session over within a
+	// second, never needs it, and the caller sets it on a connection that
+	// stays (package proxy, once a relayed session goes quiet): four
+	// setsockopt calls fewer per such login.
 	d := net.Dialer{KeepAlive: -1}
 	nc, err := d.DialContext(ctx, "tcp", s.Address)
 	if err != nil {
